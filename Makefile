@@ -1,0 +1,43 @@
+# Set-up and everyday commands. Each target creates .venv and installs what it needs on a fresh Debian machine.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint bench bench-smoke soak run check clean system-deps
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	touch $(STAMP)
+
+# The broker the MQTT tests talk to (Debian package); installed only when missing.
+system-deps:
+	@if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then \
+		echo "installing mosquitto (Debian package) for the MQTT tests"; \
+		SUDO=""; [ "$$(id -u)" -eq 0 ] || SUDO=sudo; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq mosquitto >/dev/null; \
+	fi
+
+demo: $(STAMP)
+	$(BIN)/b24-bridge demo
+
+test: $(STAMP) system-deps
+	$(BIN)/pytest -q -m "not soak"
+
+lint: $(STAMP)
+	$(BIN)/ruff check bridge tests bench
+	$(BIN)/mypy bridge
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.run
+
+bench-smoke: $(STAMP)
+	$(BIN)/python -m bench.run --smoke
+
+soak: $(STAMP) system-deps
+	$(BIN)/pytest -q -m soak
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache
