@@ -198,7 +198,8 @@ CallEvent: TypeAlias = (
 
 def event_to_json(event: CallEvent) -> dict[str, Any]:
     """A JSON-ready dict of any CallEvent, with `kind` first (MQTT payloads, logs, fixtures)."""
-    out: dict[str, Any] = {"kind": event.kind, "call_id": event.call_id, "at": event.at.isoformat(timespec="milliseconds")}
+    out: dict[str, Any] = {"kind": event.kind, "call_id": event.call_id,
+                           "at": event.at.isoformat(timespec="milliseconds")}
     for f in dataclasses.fields(event):
         if f.name in out:
             continue

@@ -162,10 +162,10 @@ class AmiParser:
                 self.stats.skipped_frames += 1
                 self.problems.append(f"frame without Event or Response skipped ({len(raw)} bytes)")
             return None
-        for key in _ESCAPED_KEYS:
-            value = headers.get(key)
-            if value is not None and "\\" in value:
-                headers[key] = c_unescape(value)
+        for name_key in _ESCAPED_KEYS:
+            name = headers.get(name_key)
+            if name is not None and "\\" in name:
+                headers[name_key] = c_unescape(name)
         self.stats.frames += 1
         return AmiMessage(headers, repeats, output)
 
