@@ -6,6 +6,8 @@ start-up with a message naming the key (`load_settings` turns pydantic's report 
 
 from __future__ import annotations
 
+import ipaddress
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -13,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from bridge.bus.sites import validate_sites
 from bridge.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("/etc/b24-bridge/config.toml")
@@ -63,33 +66,93 @@ class AmiSettings(Section):
 
 
 class AsteriskSettings(Section):
-    """How calls are classified (defaults work for plain Asterisk and FreePBX); see README "Classification"."""
+    """How the call tracker reads channels (defaults work for plain Asterisk and FreePBX); see README "Classification".
+
+    A channel is, in this order: ignored (a helper technology), a Local half, a trunk (technology, endpoint name or
+    the context it was created in), an agent's phone (`endpoint_extensions`, then `agent_endpoint_pattern`), or
+    "other" (counted as neither party).
+    """
 
     # A channel whose Newchannel context is one of these came in from a trunk (FreePBX: from-pstn, from-trunk...).
+    # Outbound trunk legs also start in their endpoint's context, so this catches them too.
     trunk_contexts: tuple[str, ...] = ("from-pstn", "from-trunk", "from-pstn-e164-us", "from-pstn-toheader",
                                        "from-provider", "from-external", "from-sip-external", "from-did-direct")
     # Endpoint names (the part of `PJSIP/<endpoint>-0000001a`) that are trunks; regular expressions, full match.
     trunk_endpoints: tuple[str, ...] = ("provider", "fpbx-trunk", "trunk.*")
+    # Channel technologies whose every channel is a trunk (DAHDI lines are PSTN circuits on almost every system).
+    trunk_technologies: tuple[str, ...] = ("DAHDI",)
+    # Helper channels that are never a party of a call (announcements, recorders, SIP MESSAGE, spies): skipped.
+    ignored_technologies: tuple[str, ...] = ("Message", "Announcer", "CBAnn", "Recorder", "Snoop")
     # An endpoint that matches this is an agent's phone; the extension is the first group (or the whole name).
+    # The same pattern decides whether the `<exten>` of `Local/<exten>@<context>` is an agent's extension.
     agent_endpoint_pattern: str = r"(\d{2,6})"
+    # Endpoints whose names are not extensions (MAC addresses, names): endpoint -> extension. Checked first.
+    endpoint_extensions: dict[str, str] = Field(default_factory=dict)
     # Contexts of Local channels that stand for an agent (queue members, ring groups, originates).
     local_agent_contexts: tuple[str, ...] = ("from-queue", "from-internal", "ext-local", "originate-skipvm",
                                              "from-internal-xfer", "default", "agents")
-    # Channel variable carrying the Bitrix24 CALL_ID of a click-to-call.
+    # What a customer's phone number looks like (full match). An agent's call to such a number that never reached a
+    # trunk is still an outbound call (failed), not an internal one.
+    external_number_pattern: str = r"\+?[0-9]{7,20}"
+    # Channel variable carrying the Bitrix24 CALL_ID of a click-to-call (`__` inherited copies are read too).
     crm_call_id_variable: str = "B24_CALL_ID"
+    # Channel variable carrying the DID of an inbound call when the trunk delivers exten `s` (FreePBX: FROM_DID).
+    did_variable: str = "FROM_DID"
+
+    @field_validator("agent_endpoint_pattern", "external_number_pattern")
+    @classmethod
+    def _pattern_compiles(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression: {exc}") from exc
+        return value
+
+    @field_validator("trunk_endpoints")
+    @classmethod
+    def _patterns_compile(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for item in value:
+            try:
+                re.compile(item)
+            except re.error as exc:
+                raise ValueError(f"{item!r} is not a valid regular expression: {exc}") from exc
+        return value
+
+
+_TEMPLATE_PLACEHOLDER = re.compile(r"\{(?:extension|number)\}")
+
+
+def template_problem(template: str) -> str | None:
+    """Why `template` cannot be an originate template, or None. Only `{extension}` and `{number}` may appear."""
+    if any(ch in template for ch in "\r\n\x00"):
+        return "line breaks and NUL are not allowed"
+    rest = _TEMPLATE_PLACEHOLDER.sub("", template)
+    if "{" in rest or "}" in rest:
+        return "only the placeholders {extension} and {number} are allowed (no other braces)"
+    return None
 
 
 class OriginateSettings(Section):
     """Templates for click-to-call originates (FreePBX defaults); `{extension}` is the agent's extension."""
 
     channel: str = "Local/{extension}@from-internal"
-    context: str = "from-internal"
+    context: str = Field(default="from-internal", pattern=r"^[A-Za-z0-9_.-]{1,80}$")
     caller_id: str = '"{number}" <{extension}>'
     timeout_seconds: int = Field(default=30, ge=5, le=300)
     # Digits prepended to the customer's number before it is dialled (e.g. an outbound route prefix such as "8").
     dial_prefix: str = Field(default="", pattern=r"^[0-9*#]*$")
     # Strip the leading "+" of E.164 numbers (most dial plans expect digits only).
     strip_plus: bool = True
+
+    @model_validator(mode="after")
+    def _templates(self) -> OriginateSettings:
+        for key in ("channel", "caller_id"):
+            problem = template_problem(getattr(self, key))
+            if problem is not None:
+                raise ValueError(f"originate.{key}: {problem}")
+        if "{extension}" not in self.channel:
+            raise ValueError("originate.channel: must contain {extension} (the agent's phone is rung first)")
+        return self
 
 
 class Bitrix24Settings(Section):
@@ -116,12 +179,15 @@ class Bitrix24Settings(Section):
     sync_internal_calls: bool = False
     directory_refresh_seconds: float = Field(default=900.0, gt=0)
     batching: bool = True
+    # OAuth tokens of the local app (JSON, mode 0600) and the extension directory cache; None = next to storage.path.
+    token_path: Path | None = None
+    directory_cache: Path | None = None
 
 
 class HttpSettings(Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
-    events_path: str = "/bitrix24/events"
+    events_path: str = Field(default="/bitrix24/events", pattern=r"^/[A-Za-z0-9/_.-]{0,200}$")
     application_token: SecretStr | None = None
     # The public URL Bitrix24 posts events to (bound with event.bind on install).
     public_url: str | None = None
@@ -130,7 +196,29 @@ class HttpSettings(Section):
     rate_limit_per_ip: float = Field(default=20.0, gt=0)
     # Poll event.offline.get instead of receiving POSTs (for PBXs without a public address); 0 = off.
     offline_poll_seconds: float = Field(default=0.0, ge=0)
-    callback_target: str | None = None
+    # Extension or queue that a CRM "call me back" request rings first (else the responsible user's extension).
+    callback_target: str | None = Field(default=None, pattern=r"^[0-9A-Za-z_*#-]{1,32}$")
+    # Reverse proxies (addresses or networks) whose X-Forwarded-For names the real client for rate limiting.
+    trusted_proxies: tuple[str, ...] = ()
+    # How long a stop waits for requests and event work in flight before cutting them off.
+    shutdown_timeout_seconds: float = Field(default=5.0, gt=0)
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("https://", "http://")):
+            raise ValueError("must be an absolute URL such as https://bridge.example.com/bitrix24/events")
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{item!r} is not an IP address or network") from exc
+        return value
 
 
 class StorageSettings(Section):
@@ -159,12 +247,173 @@ class MqttSettings(Section):
     tls: bool = False
     ca_file: Path | None = None
     prefix: str = Field(default="b24bridge", pattern=r"^[A-Za-z0-9_/.-]{1,128}$")
-    # Multi-site: which PBX hosts which extensions, e.g. {"pbx2" = ["200-299", "3001"]}.
+    # Multi-site: which PBX hosts which extensions, e.g. {"pbx2" = ["200-299", "3001"]} (inclusive ranges or exact
+    # extensions; sites must not overlap). Click-to-calls for another site's extensions go to its bridge over MQTT.
     sites: dict[str, tuple[str, ...]] = Field(default_factory=dict)
+    # Client id at the broker; default "<prefix>-<pbx.id>". Two running bridges must never share one.
+    client_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:-]{1,128}$")
+    keepalive_seconds: int = Field(default=30, ge=5, le=3600)
+    reconnect_min: float = Field(default=0.5, gt=0)
+    reconnect_max: float = Field(default=30.0, gt=0)
+    # CallEvents waiting for the broker; beyond this, and whenever the broker is down, they are dropped and counted.
+    event_queue_size: int = Field(default=10_000, ge=10)
+    # Click-to-calls for other sites waiting for delivery; one more fails at once (the CRM call is failed).
+    command_queue_size: int = Field(default=100, ge=1)
+    # A click-to-call the other site has not confirmed within this is failed, and never sent again.
+    command_deadline_seconds: float = Field(default=30.0, gt=0)
+    # Unconfirmed click-to-calls are sent again this often (the receiver drops repeats by command id).
+    command_retry_seconds: float = Field(default=3.0, gt=0)
+    # The receiving site ignores commands older than this (wall clock: allow for clock skew between sites).
+    command_ttl_seconds: float = Field(default=120.0, gt=0)
+    # How long a received command id is remembered, so that repeats are dropped.
+    dedup_seconds: float = Field(default=600.0, gt=0)
 
     @property
     def enabled(self) -> bool:
         return bool(self.host)
+
+    @field_validator("sites")
+    @classmethod
+    def _sites(cls, value: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+        validate_sites(value)
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> MqttSettings:
+        if self.reconnect_min > self.reconnect_max:
+            raise ValueError("mqtt.reconnect_min must not exceed mqtt.reconnect_max")
+        if self.ca_file is not None and not self.tls:
+            raise ValueError("mqtt.ca_file is set but mqtt.tls is false: set tls = true (or remove ca_file)")
+        if self.password is not None and not self.username:
+            raise ValueError("mqtt.password is set without mqtt.username: set the username too")
+        if self.command_deadline_seconds > self.command_ttl_seconds:
+            raise ValueError("mqtt.command_deadline_seconds must not exceed mqtt.command_ttl_seconds")
+        return self
+
+
+class AvayaSettings(Section):
+    """Avaya Aura AES, DMCC XML interface (docs/avaya.md): where AES is, who we are, which devices to watch."""
+
+    host: str = "127.0.0.1"
+    # 4721 = plain TCP, 4722 = TLS (AES defaults).
+    port: int = Field(default=4721, ge=1, le=65535)
+    tls: bool = False
+    # Verify the AES certificate (needs ca_file when AES uses its own CA). Turn off only in a lab.
+    tls_verify: bool = True
+    ca_file: Path | None = None
+    # The CTI user created in AES User Management (with DMCC access in the security database).
+    username: str = "bridge"
+    password: SecretStr = SecretStr("")
+    application_id: str = Field(default="b24-bridge", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    # ECMA-323 ed3 private version: priv5 = AES 6.1, priv6 = 6.2, priv7 = 6.3 (later AES accept the same family).
+    protocol_version: str = Field(default="http://www.ecma-international.org/standards/ecma-323/csta/ed3/priv6",
+                                  pattern=r"^http://www\.ecma-international\.org/standards/ecma-323/csta/[a-z0-9/]+$")
+    # The switch connection name configured on AES, and optionally the CM address it uses (GetDeviceId).
+    switch_name: str = Field(default="CM", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    switch_ip: str | None = None
+    # Which DMCC service turns an extension into a device ID.
+    device_id_service: Literal["GetDeviceId", "GetThirdPartyDeviceId"] = "GetDeviceId"
+    # Agents' stations (monitored, and the calling device of click-to-call) and VDNs to watch for queue abandons.
+    stations: tuple[str, ...] = ()
+    vdns: tuple[str, ...] = ()
+    # Numbers longer than this (or starting with "+", or trunk ids such as T123#4) are external parties.
+    internal_max_digits: int = Field(default=6, ge=2, le=15)
+    # Digits prepended to the customer's number for MakeCall (ARS access code such as "9"); stripped again from
+    # outbound numbers seen in events.
+    dial_prefix: str = Field(default="", pattern=r"^[0-9*#]*$")
+    strip_plus: bool = True
+    # MakeCall autoOriginate: "prompt" rings the agent's phone first; "doNotPrompt" goes off-hook on its speaker.
+    auto_originate: Literal["prompt", "doNotPrompt"] = "prompt"
+    # Session timer asked from AES, and how long AES keeps the session (and its monitors) after the link drops.
+    session_duration: int = Field(default=180, ge=30, le=3600)
+    session_cleanup_delay: int = Field(default=60, ge=0, le=3600)
+    # ResetApplicationSessionTimer period; must be well below the granted session duration.
+    keepalive_interval: float = Field(default=60.0, gt=0)
+    connect_timeout: float = Field(default=5.0, gt=0)
+    request_timeout: float = Field(default=10.0, gt=0)
+    reconnect_min: float = Field(default=1.0, gt=0)
+    reconnect_max: float = Field(default=30.0, gt=0)
+    # A call diverted to an unknown destination is given up (ended) after this long without a monitored party.
+    orphan_grace_seconds: float = Field(default=5.0, ge=0)
+
+    @field_validator("stations", "vdns")
+    @classmethod
+    def _extensions(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for ext in value:
+            if not ext.isdigit() or not 1 <= len(ext) <= 15:
+                raise ValueError(f"extension {ext!r} must be 1-15 digits")
+        if len(set(value)) != len(value):
+            raise ValueError("extensions must not repeat")
+        return value
+
+    @model_validator(mode="after")
+    def _bounds(self) -> AvayaSettings:
+        if self.reconnect_min > self.reconnect_max:
+            raise ValueError("avaya.reconnect_min must not exceed avaya.reconnect_max")
+        if self.keepalive_interval >= self.session_duration:
+            raise ValueError("avaya.keepalive_interval must be shorter than avaya.session_duration")
+        if set(self.stations) & set(self.vdns):
+            raise ValueError("avaya.stations and avaya.vdns must not share extensions")
+        return self
+
+
+class CiscoAgentSettings(Section):
+    """One Finesse agent the bridge watches: its Finesse user id, the extension it signs in on, its password."""
+
+    user_id: str = Field(pattern=r"^[A-Za-z0-9_.@-]{1,64}$")
+    extension: str = Field(pattern=r"^[0-9]{1,15}$")
+    # Needed for the agent's own notification session (auth_mode "agent") and always for click-to-call.
+    password: SecretStr | None = None
+
+
+class CiscoSettings(Section):
+    """Cisco Finesse (UCCE/UCCX agent desktop API): REST + XMPP notifications (docs/cisco.md)."""
+
+    # Base URL of the Finesse REST API (8445 = HTTPS on Finesse 11.5+ / 12.x; 443 on older releases).
+    finesse_url: str = Field(default="https://finesse.example.com:8445", pattern=r"^https?://[^\s/]+(:\d+)?/?$")
+    # "agent": one notification session per agent with the agent's password (the guide's auto-subscribed node).
+    # "admin": one session with admin_user that subscribes explicitly to every agent's Dialogs node (unverified on a
+    # real Finesse: its rights may not allow it); click-to-call still needs each agent's password.
+    auth_mode: Literal["agent", "admin"] = "agent"
+    admin_user: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.@-]{1,64}$")
+    admin_password: SecretStr | None = None
+    agents: tuple[CiscoAgentSettings, ...] = ()
+    # XMPP notification service; host defaults to the finesse_url host, domain to SystemInfo's xmppDomain.
+    xmpp_host: str | None = None
+    xmpp_port: int = Field(default=5222, ge=1, le=65535)
+    xmpp_domain: str | None = None
+    pubsub_domain: str | None = None
+    xmpp_resource: str = Field(default="b24bridge", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    # "starttls" on 5222 (default), "direct" TLS on 5223, "off" only on a trusted lab network.
+    tls: Literal["starttls", "direct", "off"] = "starttls"
+    verify_tls: bool = True
+    ca_file: Path | None = None
+    request_timeout: float = Field(default=10.0, gt=0)
+    connect_timeout: float = Field(default=10.0, gt=0)
+    ping_interval: float = Field(default=30.0, gt=0)
+    ping_timeout: float = Field(default=10.0, gt=0)
+    reconnect_min: float = Field(default=1.0, gt=0)
+    reconnect_max: float = Field(default=60.0, gt=0)
+    # A call no watched agent sees any more (transfer to an unwatched phone, requeue) ends after this long.
+    orphan_grace_seconds: float = Field(default=30.0, ge=0)
+    # Call variable carrying the Bitrix24 CALL_ID on MAKE_CALL (UCCE only; UCCX answers 400), e.g. "callVariable10".
+    crm_call_id_variable: str | None = Field(default=None,
+                                             pattern=r"^(callVariable([1-9]|10)|user\.[A-Za-z0-9_.]{1,40})$")
+    # Digits prepended to the customer's number for MAKE_CALL (e.g. CUCM's outside-line "9").
+    dial_prefix: str = Field(default="", pattern=r"^[0-9*#]*$")
+    strip_plus: bool = True
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CiscoSettings:
+        if self.reconnect_min > self.reconnect_max:
+            raise ValueError("cisco.reconnect_min must not exceed cisco.reconnect_max")
+        if self.auth_mode == "admin" and not (self.admin_user and self.admin_password):
+            raise ValueError("cisco.auth_mode = 'admin' needs cisco.admin_user and cisco.admin_password")
+        for attr in ("user_id", "extension"):
+            values = [getattr(agent, attr) for agent in self.agents]
+            if len(set(values)) != len(values):
+                raise ValueError(f"cisco.agents: {attr} values must not repeat")
+        return self
 
 
 class LogSettings(Section):
@@ -191,6 +440,8 @@ class Settings(BaseSettings):
     storage: StorageSettings = StorageSettings()
     recordings: RecordingsSettings = RecordingsSettings()
     mqtt: MqttSettings = MqttSettings()
+    avaya: AvayaSettings = AvayaSettings()
+    cisco: CiscoSettings = CiscoSettings()
     log: LogSettings = LogSettings()
 
     @classmethod
