@@ -14,7 +14,7 @@ from urllib.parse import parse_qsl, quote
 
 __all__ = ["batch_command", "decode_pairs", "decode_query", "encode_query", "flatten", "format_scalar"]
 
-#: A value that refers to an earlier command of the same batch; kept readable (the portal decodes before it substitutes).
+#: A value referring to an earlier command of the batch; kept readable (the portal decodes before substituting).
 _RESULT_REF = re.compile(r"^\$result\[[^\]]*\](\[[^\]]*\])*$")
 _MAX_DEPTH = 16
 _MAX_LIST_INDEX = 10_000
@@ -80,7 +80,7 @@ _KEY_PART = re.compile(r"\[([^\[\]]*)\]")
 
 def _split_key(raw: str) -> list[str] | None:
     """`a[b][]` -> ["a", "b", ""]; None when the key cannot be used (PHP would mangle it; we drop it)."""
-    head, sep, rest = raw.partition("[")
+    head, sep, _ = raw.partition("[")
     if not head:
         return None
     if not sep:
@@ -109,12 +109,11 @@ def decode_pairs(pairs: Iterable[tuple[str, str]]) -> dict[str, Any]:
 
 
 def _assign(node: dict[str, Any], parts: list[str], value: str) -> None:
-    for index, part in enumerate(parts):
+    for index, raw_part in enumerate(parts):
         last = index == len(parts) - 1
-        if part == "":
-            part = str(_next_index(node))
-            if int(part) > _MAX_LIST_INDEX:
-                return
+        part = raw_part or str(_next_index(node))
+        if not raw_part and int(part) > _MAX_LIST_INDEX:
+            return
         if last:
             node[part] = value
             return

@@ -8,7 +8,8 @@
     │   ├── Bitrix24TokenExpired   401 expired_token: refresh and retry once (handled inside the client)
     │   └── Bitrix24ReinstallNeeded  invalid_grant / no tokens: an administrator must re-install the app
     └── Bitrix24ApiError           the portal refused the request (4xx): permanent, keep the portal's text
-        └── Bitrix24CallNotFound   "Call is not found": for a finish that may already have been sent, this means done
+        ├── Bitrix24CallNotFound   "Call is not found": for a finish that may already have been sent, this means done
+        └── Bitrix24CommandPaused  a batch command got OPERATION_TIME_LIMIT: NOT permanent, retry after `until`
 """
 
 from __future__ import annotations
@@ -69,6 +70,14 @@ class Bitrix24ApiError(Bitrix24Error):
 
 class Bitrix24CallNotFound(Bitrix24ApiError):
     pass
+
+
+class Bitrix24CommandPaused(Bitrix24ApiError):
+    """Inside a batch the portal reports OPERATION_TIME_LIMIT per command; the method waits until `until`."""
+
+    def __init__(self, error: str, description: str, *, method: str, until: float) -> None:
+        super().__init__(error, description, status=429, method=method)
+        self.until = until
 
 
 def classify_api_error(error: str, description: str, *, status: int | None, method: str | None) -> Bitrix24ApiError:
