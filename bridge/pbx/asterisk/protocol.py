@@ -121,7 +121,8 @@ class AmiParser:
         if len(buf) > self._max_frame:
             self.stats.oversized_frames += 1
             self.problems.append(f"frame over {self._max_frame} bytes skipped")
-            buf.clear()
+            # Keep the last 3 bytes: they may be the start of the terminator that ends the skipped frame.
+            del buf[:-3]
             self._scan_from = 0
             self._discarding = True
         return messages
