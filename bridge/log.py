@@ -15,7 +15,8 @@ from typing import Any, TextIO
 import structlog
 
 REDACTED = "***"
-_SECRET_KEY = re.compile(r"(secret|token|password|passwd|auth|webhook|signing_key|access|refresh|key$)", re.I)
+_SECRET_KEY = re.compile(
+    r"(secret|token|passw|webhook|signing_key|authorization|cookie|^auth$|^key$|api_key|access_code)", re.I)
 _WEBHOOK_PATH = re.compile(r"(/rest/\d+/)([A-Za-z0-9]+)")
 _registered: set[str] = set()
 
@@ -47,7 +48,7 @@ def _redact_value(key: str, value: Any) -> Any:
 
 
 # Field names that contain a "secret-looking" word but are safe and useful to operators.
-_PUBLIC_KEYS = frozenset({"auth_mode", "auth_state", "token_expires_at", "auth_type"})
+_PUBLIC_KEYS = frozenset({"auth_mode", "auth_state", "token_expires_at", "auth_type", "tokens_refreshed"})
 
 
 def redact_processor(_logger: Any, _name: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:

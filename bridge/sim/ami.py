@@ -75,6 +75,8 @@ class AmiSimulator:
         self.max_write_buffer = max_write_buffer
         # Test knobs.
         self.mute_pings = False
+        # Add `Timestamp:` headers carrying the recorded timeline (see play); off by default, like Asterisk.
+        self.timestamps = False
         self.refuse_logins = False
         self.originate_outcome: OriginateOutcome = "answered"
         self.next_originate_outcome: OriginateOutcome | None = None
@@ -245,10 +247,15 @@ class AmiSimulator:
         loop = asyncio.get_running_loop()
         realtime = speed > 0 and not math.isinf(speed)
         start = loop.time()
+        virtual_start = time.time()
         offset = 0.0
         sent = 0
         for delay, raw in script:
             offset += delay
+            if self.timestamps and raw.startswith(b"Event: ") and raw.endswith(TERMINATOR):
+                # As with manager.conf `timestampevents = yes`: event times keep the recorded pace even when
+                # delivery is compressed, so durations stay true in fast replays.
+                raw = raw[:-2] + f"Timestamp: {virtual_start + offset:.6f}\r\n\r\n".encode()
             if realtime:
                 wait = start + offset / speed - loop.time()
                 if wait > 0:

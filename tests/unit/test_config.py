@@ -22,8 +22,11 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_example_config_loads_and_documents_every_section() -> None:
     settings = load_settings(EXAMPLE)
     text = EXAMPLE.read_text()
-    for section in type(settings).model_fields:
+    for section, field in type(settings).model_fields.items():
         assert f"[{section}]" in text, f"example config lacks [{section}]"
+        for key in field.annotation.model_fields:  # type: ignore[union-attr]
+            assert f"\n{key} =" in text or f"\n# {key} =" in text or f"[{section}.{key}]" in text, \
+                f"example config does not document {section}.{key}"
     assert settings.http.events_path == "/bitrix24/events"
     assert settings.ami.port == 5038
 

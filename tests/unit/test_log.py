@@ -52,3 +52,11 @@ def test_webhook_path_secret_redacted_even_unregistered() -> None:
     (entry,) = lines(stream)
     assert "abcdef0123456789" not in str(entry["url"])
     assert "/rest/7/***" in str(entry["url"])
+
+
+def test_ids_that_merely_end_in_key_are_not_redacted() -> None:
+    stream = capture_json()
+    structlog.get_logger("t").info("x", call_key="1795.42", op_id=7, secret_key="hide-me-please")
+    (entry,) = lines(stream)
+    assert entry["call_key"] == "1795.42"
+    assert "hide-me-please" not in stream.getvalue()
