@@ -11,7 +11,7 @@ import enum
 import json
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -58,6 +58,8 @@ log = structlog.get_logger(__name__)
 
 MAX_BATCH = 50
 MAX_MOVES = 3
+# A portal request slower than this is logged as a warning (operators watch for a struggling portal).
+SLOW_REQUEST_SECONDS = 2.0
 _BATCH_KEY = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _UNREACHABLE_AFTER = 3
 AuthState = Literal["ok", "reinstall_needed", "no_tokens", "unknown"]
@@ -121,6 +123,8 @@ class Bitrix24Client(Bitrix24Api):
         self._authenticated = False
         self._proactive = True
         self.refreshes = 0
+        # Called after every portal request with (method, result, HTTP status, seconds); feeds the metrics.
+        self.request_observer: Callable[[str, str, int | None, float], None] | None = None
 
     @classmethod
     def from_settings(cls, s: Bitrix24Settings, *, token_path: Path) -> Bitrix24Client:
@@ -341,6 +345,7 @@ class Bitrix24Client(Bitrix24Api):
                 raise Bitrix24ReinstallNeeded("no REST endpoint known: install the app", error="no_tokens")
             try:
                 async with self.bucket.slot():
+                    started = time.monotonic()
                     with map_client_errors(method):
                         async with session.post(base + method, data=data, allow_redirects=False,
                                                 headers={"Content-Type": "application/json"}) as resp:
@@ -348,14 +353,31 @@ class Bitrix24Client(Bitrix24Api):
                             body = await resp.read()
             except Bitrix24Unavailable as exc:
                 self._note_failure(exc)
+                self._report(method, "unavailable", None, started)
                 raise
             if status in (301, 302, 303, 307, 308) and location:
                 self._move(base, location, method)
                 continue
-            return self._classify(method, status, body)
+            try:
+                answer = self._classify(method, status, body)
+            except Bitrix24Error as exc:
+                self._report(method, type(exc).__name__.removeprefix("Bitrix24"), status, started)
+                raise
+            self._report(method, "ok", status, started)
+            return answer
         moved = Bitrix24Unavailable(f"{method}: too many portal redirects", method=method, status=302)
         self._note_failure(moved)
         raise moved
+
+    def _report(self, method: str, result: str, status: int | None, started: float) -> None:
+        """One log line per portal request (a warning past SLOW_REQUEST_SECONDS) and the metrics hook."""
+        seconds = time.monotonic() - started
+        if seconds > SLOW_REQUEST_SECONDS:
+            log.warning("portal_request_slow", method=method, status=status, result=result, seconds=round(seconds, 3))
+        else:
+            log.info("portal_request", method=method, status=status, result=result, seconds=round(seconds, 3))
+        if self.request_observer is not None:
+            self.request_observer(method, result, status, seconds)
 
     def _classify(self, method: str, status: int, body: bytes) -> Answer:
         try:
