@@ -250,8 +250,9 @@ class AmiSimulator:
         virtual_start = time.time()
         offset = 0.0
         sent = 0
-        for delay, raw in script:
+        for delay, recorded in script:
             offset += delay
+            raw = recorded
             if self.timestamps and raw.startswith(b"Event: ") and raw.endswith(TERMINATOR):
                 # As with manager.conf `timestampevents = yes`: event times keep the recorded pace even when
                 # delivery is compressed, so durations stay true in fast replays.
