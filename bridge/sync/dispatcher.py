@@ -27,7 +27,7 @@ from bridge.crm.bitrix24.errors import Bitrix24ApiError, Bitrix24Unavailable
 from bridge.sync.answers import Lessons, Verdict, code, has_call_id, inherited, is_transient, judge, learn, reason
 from bridge.sync.backoff import Backoff
 from bridge.sync.commands import Command, CommandBuilder
-from bridge.sync.operations import METHODS, OpKind
+from bridge.sync.operations import METHODS, CrmOp, OpKind
 from bridge.sync.outbox import DeadLetter, Outbox, StoredOp
 from bridge.sync.ports import AttachHandler, Bitrix24Port, DirectoryPort
 
@@ -116,6 +116,8 @@ class Dispatcher:
         self._retries = 0
         self._last_error: str | None = None
         self._last_success_at: float | None = None
+        # Told about every op the portal accepted (metrics: time from ring to card shown).
+        self.on_done: Callable[[CrmOp], None] | None = None
 
     @classmethod
     def from_config(cls, outbox: Outbox, client: Bitrix24Port, directory: DirectoryPort, settings: Bitrix24Settings,
@@ -365,6 +367,9 @@ class Dispatcher:
         self._outbox.settle(done=done, dead=dead)
         self._outbox.release(retry)
         self._retries += len(retry)
+        if self.on_done is not None:
+            for stored, _ in done:
+                self.on_done(stored.op)
         for stored, _ in done:
             self._suspects.pop(stored.id, None)
         for letter in dead:

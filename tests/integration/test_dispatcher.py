@@ -559,3 +559,18 @@ async def test_entering_twice_is_refused(outbox: Outbox, portal: FakePortal, dir
         assert sender.health().ok
     with pytest.raises(ValueError, match="max_batch"):
         Dispatcher(outbox, portal, directory, max_batch=51)
+
+
+async def test_on_done_hears_every_accepted_op_once(
+        outbox: Outbox, portal: FakePortal, directory: FakeDirectory, clock: Clock) -> None:
+    policy = CallPolicy(PolicySettings(default_user_id=9))
+    feed(outbox, policy, inbound_answered("c1", "+15550001", ("101", "102"), "102"))
+    heard: list[tuple[str, OpKind]] = []
+    async with dispatcher(outbox, portal, directory, clock) as sender:
+        sender.on_done = lambda op: heard.append((op.call_key, op.kind))
+        assert await sender.drain(5)
+    kinds = [kind for _, kind in heard]
+    assert {key for key, _ in heard} == {"c1"}
+    assert kinds[:2] == [OpKind.REGISTER, OpKind.SHOW]
+    assert kinds.count(OpKind.FINISH) == 1
+    assert sorted(kinds) == sorted(OpKind(row.kind) for row in outbox.list_rows("all", call_key="c1"))
