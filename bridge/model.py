@@ -73,6 +73,8 @@ class CallRecord:
     crm_call_id: str | None = None
     # Not in the minimal model: the PBX's own words when a call failed (Bitrix24 FAILED_REASON).
     failure_reason: str | None = None
+    # The Bitrix24 user behind a click-to-call, for finishing it when no extension could be found for them.
+    crm_user_id: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -93,6 +95,7 @@ class CallRecord:
             "recordings": list(self.recordings),
             "crm_call_id": self.crm_call_id,
             "failure_reason": self.failure_reason,
+            "crm_user_id": self.crm_user_id,
         }
 
     @classmethod
@@ -117,6 +120,7 @@ class CallRecord:
             recordings=tuple(data.get("recordings") or ()),
             crm_call_id=data.get("crm_call_id"),
             failure_reason=data.get("failure_reason"),
+            crm_user_id=data.get("crm_user_id"),
         )
 
 

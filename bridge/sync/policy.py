@@ -357,7 +357,7 @@ class CallPolicy:
             else:
                 agent = record.agent or call.current_agent or call.dialler
                 ops.extend(self._leg_finish(call, agent, duration, status, failed_reason=record.failure_reason,
-                                            at=record.ended_at))
+                                            at=record.ended_at, fallback_user=record.crm_user_id))
         seen = {path for path, _ in call.recordings}
         recordings = call.recordings + [(p, call.leg) for p in dict.fromkeys(record.recordings) if p and p not in seen]
         for path, leg in recordings:
@@ -366,14 +366,17 @@ class CallPolicy:
         return ops
 
     def _leg_finish(self, call: _Call, agent: str | None, duration: int, status: str, *,
-                    failed_reason: str | None, at: datetime) -> list[CrmOp]:
-        """Hide every other card still shown on this CRM call, then finish it on `agent`."""
+                    failed_reason: str | None, at: datetime, fallback_user: int | None = None) -> list[CrmOp]:
+        """Hide every other card still shown on this CRM call, then finish it on `agent` (or, with no agent, on
+        `fallback_user`: the Bitrix24 user who clicked a click-to-call that never reached the PBX)."""
         ops: list[CrmOp] = []
         stale = tuple(a for a in call.shown if a != agent)
         if stale:
             ops.append(self._op(call, OpKind.HIDE, agents=stale, at=at))
         call.shown = []
         agents, user_id = self._user_args(agent)
+        if not agents and fallback_user is not None:
+            user_id = fallback_user
         ops.append(self._op(call, OpKind.FINISH, _finish_params(duration, status, failed_reason), agents=agents,
                             user_id=user_id, at=at))
         return ops

@@ -45,6 +45,7 @@ class CallTarget:
     number: str | None
     line: str | None
     agent: str | None = None
+    user_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,12 +87,13 @@ class ClickToCall:
 
     async def start_call(self, event: ExternalCallStart) -> None:
         """ONEXTERNALCALLSTART: ring the clicking user's extension, then the number; finish the CRM call on failure."""
-        target = CallTarget(crm_call_id=event.crm_call_id, number=event.phone.number, line=event.line)
+        target = CallTarget(crm_call_id=event.crm_call_id, number=event.phone.number, line=event.line,
+                            user_id=event.user_id)
         extension = self._extension_of(event.user_id)
         if isinstance(extension, _Failure):
             await self.fail(target, extension.reason)
             return
-        await self._originate(CallTarget(target.crm_call_id, target.number, target.line, extension))
+        await self._originate(CallTarget(target.crm_call_id, target.number, target.line, extension, event.user_id))
 
     async def start_callback(self, event: ExternalCallbackStart) -> None:
         """ONEXTERNALCALLBACKSTART: register a TYPE 4 call, then ring the callback target and the customer."""
@@ -109,7 +111,7 @@ class ClickToCall:
         if not isinstance(crm_call_id, str) or CRM_CALL_ID.fullmatch(crm_call_id) is None:
             log.error("callback_register_failed", error="malformed CALL_ID returned")
             return
-        target = CallTarget(crm_call_id=crm_call_id, number=event.phone.number, line=event.line)
+        target = CallTarget(crm_call_id=crm_call_id, number=event.phone.number, line=event.line, user_id=user_id)
         if self._callback_target is not None:
             extension: str | _Failure = self._callback_target
         elif user_id is not None:
@@ -119,7 +121,7 @@ class ClickToCall:
         if isinstance(extension, _Failure):
             await self.fail(target, extension.reason)
             return
-        await self._originate(CallTarget(crm_call_id, target.number, target.line, extension))
+        await self._originate(CallTarget(crm_call_id, target.number, target.line, extension, user_id))
 
     def _extension_of(self, user_id: int) -> str | _Failure:
         try:
@@ -194,6 +196,7 @@ class ClickToCall:
             talk_seconds=0,
             crm_call_id=target.crm_call_id,
             failure_reason=reason,
+            crm_user_id=target.user_id,
         )
         await self._sink.submit(CallStarted(call_id=call_id, at=now, direction=Direction.OUTBOUND,
                                             external_number=target.number, line=target.line, agent=target.agent,

@@ -321,6 +321,7 @@ async def test_unknown_user_finishes_the_crm_call_with_a_reason(bridge: Bridge) 
     assert record.disposition is Disposition.FAILED
     assert record.direction is Direction.OUTBOUND
     assert record.failure_reason == "no extension for Bitrix24 user 77"
+    assert record.crm_user_id == 77  # the finish goes to the user who clicked
     assert record.external_number == "+74951234567"
     assert started[0].call_id == ended[0].call_id
     assert bridge.sink.events.index(started[0]) < bridge.sink.events.index(ended[0])
