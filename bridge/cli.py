@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(outbox)
 
     status = sub.add_parser("status", help="print the live state of the running daemon")
+    status.add_argument("--json", action="store_true", help="print the raw status document")
     _add_config(status)
 
     sub.add_parser("version", help="print the version")
@@ -122,8 +123,10 @@ def _cmd_check(args: argparse.Namespace) -> int:
     settings = _settings(args, log=False)
     from bridge.check import run_check
 
-    configure_logging("warning", settings.log.format)
-    return asyncio.run(run_check(settings, offline=args.offline, out=sys.stdout))
+    # The report says what failed and why; the parts' own log lines would only repeat it.
+    configure_logging("critical", settings.log.format)
+    code: int = asyncio.run(run_check(settings, offline=args.offline, out=sys.stdout))
+    return code
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
@@ -180,7 +183,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
     from bridge.status import print_status
 
     settings = _settings(args, log=False)
-    return asyncio.run(print_status(settings, out=sys.stdout))
+    code: int = asyncio.run(print_status(settings, out=sys.stdout, as_json=args.json))
+    return code
 
 
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
