@@ -52,10 +52,10 @@ class AsteriskAdapter:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> AsteriskAdapter:
-        events = AmiConnection.from_settings(settings.ami, name="ami.events")
+        tracker = CallTracker(Classifier(settings.asterisk), pbx="asterisk")
+        events = AmiConnection.from_settings(settings.ami, name="ami.events", frame_filter=tracker.frame_filter())
         actions = (AmiConnection.from_settings(settings.ami, events="off", name="ami.actions")
                    if settings.ami.action_session else None)
-        tracker = CallTracker(Classifier(settings.asterisk), pbx="asterisk")
         return cls(events, tracker, settings, actions=actions)
 
     @property

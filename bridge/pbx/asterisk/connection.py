@@ -21,7 +21,7 @@ import random
 import secrets
 import ssl
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import suppress
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -83,6 +83,7 @@ class AmiConnection:
         queue_size: int = 100_000,
         fully_booted_timeout: float = 2.0,
         name: str = "ami",
+        frame_filter: Callable[[bytes], bool] | None = None,
     ) -> None:
         if auth not in ("md5", "plain"):
             raise ValueError(f"auth must be 'md5' or 'plain', not {auth!r}")
@@ -97,6 +98,7 @@ class AmiConnection:
         self._ping_interval, self._ping_timeout = ping_interval, ping_timeout
         self._reconnect_min, self._reconnect_max = reconnect_min, reconnect_max
         self._fallback, self._fully_booted_timeout = encoding_fallback, fully_booted_timeout
+        self._frame_filter = frame_filter
         self._queue = DropOldestQueue(queue_size)
         self._state = ConnectionState.IDLE
         self._connected = asyncio.Event()
@@ -117,13 +119,14 @@ class AmiConnection:
         self.last_error: str | None = None
 
     @classmethod
-    def from_settings(cls, s: AmiSettings, *, events: str | None = None, name: str = "ami") -> AmiConnection:
+    def from_settings(cls, s: AmiSettings, *, events: str | None = None, name: str = "ami",
+                      frame_filter: Callable[[bytes], bool] | None = None) -> AmiConnection:
         return cls(
             s.host, s.port, s.username, s.secret.get_secret_value(), auth=s.auth,
             events=s.events if events is None else events, tls=s.tls, connect_timeout=s.connect_timeout,
             action_timeout=s.action_timeout, ping_interval=s.ping_interval, ping_timeout=s.ping_timeout,
             reconnect_min=s.reconnect_min, reconnect_max=s.reconnect_max, encoding_fallback=s.encoding_fallback,
-            queue_size=s.queue_size, name=name,
+            queue_size=s.queue_size, name=name, frame_filter=frame_filter,
         )
 
     # ----------------------------------------------------------------- lifecycle
@@ -298,7 +301,7 @@ class AmiConnection:
                 banner = await read_banner(reader)
             stage = "login"
             self._log.info("ami_banner", banner=banner, ami_version=banner.removeprefix(BANNER_PREFIX))
-            parser = AmiParser(fallback_encoding=self._fallback)
+            parser = AmiParser(fallback_encoding=self._fallback, skip=self._frame_filter)
             async with asyncio.timeout(self._action_timeout):
                 await login(reader, writer, parser, username=self._username, secret=self._secret, auth=self._auth,
                             events=self._events, id_prefix=self._id_prefix)
@@ -394,12 +397,15 @@ class AmiConnection:
             if not data:
                 return "connection closed by Asterisk"
             at = time.time()
+            filtered = parser.stats.filtered_frames
             try:
                 messages = parser.feed(data)
             except Exception:
                 self._log.exception("ami_parser_error")
                 parser.reset()
                 continue
+            # Events the frame filter dropped unparsed were still received (counted, never queued).
+            self.events_received += parser.stats.filtered_frames - filtered
             self._log_problems(parser)
             for message in messages:
                 try:

@@ -19,6 +19,7 @@ IVR) is not. Dispositions: `tracker_record.py`.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -27,7 +28,7 @@ from bridge.pbx.asterisk.classify import Classifier
 from bridge.pbx.asterisk.protocol import AmiMessage
 from bridge.pbx.asterisk.tracker_calls import CallHandlers
 from bridge.pbx.asterisk.tracker_core import to_int
-from bridge.pbx.asterisk.tracker_features import FeatureHandlers
+from bridge.pbx.asterisk.tracker_features import READ_VARIABLES, FeatureHandlers
 
 __all__ = ["ActiveCall", "CallTracker", "TrackerStats"]
 
@@ -66,6 +67,7 @@ _HANDLERS: dict[str, str] = {
 }
 
 _MAX_TIMESTAMP = 1e11
+_EVENT = b"Event: "
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +132,29 @@ class CallTracker(CallHandlers, FeatureHandlers):
             self.stats.handler_errors += 1
         self._last_at = at
         return out
+
+    def frame_filter(self) -> Callable[[bytes], bool]:
+        """A `skip` for `AmiParser`: event frames this tracker would ignore, recognised without decoding them.
+
+        Skipped: events it has no handler for (DeviceStateChange, Cdr, RTCP*, QueueMember*, DialState, ...) and
+        VarSet frames that mention none of the variables it reads; together most of a busy PBX's traffic. Kept, to
+        stay on the safe side: anything with an ActionID (list-action items such as CoreShowChannel answer the
+        adapter, not the tracker) or `ChanVariable` lines, and any frame that names a wanted variable anywhere.
+        """
+        handled = frozenset(name.encode() for name in _HANDLERS)
+        names = sorted({*READ_VARIABLES, self._crm_variable, self._did_variable} - {""})
+        wanted = re.compile(b"|".join(re.escape(name.encode()) for name in names))
+
+        def skip(raw: bytes) -> bool:
+            if not raw.startswith(_EVENT):
+                return False
+            end = raw.find(b"\r\n")
+            name = raw[len(_EVENT):end] if end >= 0 else raw[len(_EVENT):]
+            if name == b"VarSet":
+                return wanted.search(raw) is None
+            return name not in handled and b"ActionID:" not in raw and b"ChanVariable" not in raw
+
+        return skip
 
     def note_originate(self, action_id: str, request: OriginateRequest, at: float) -> None:
         """The adapter sent a click-to-call Originate with this ActionID; the call it creates is outbound."""

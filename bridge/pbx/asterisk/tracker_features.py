@@ -9,7 +9,10 @@ from bridge.pbx.asterisk.protocol import AmiMessage
 from bridge.pbx.asterisk.tracker_core import TrackerCore
 from bridge.pbx.asterisk.tracker_state import Call, Leg, PendingTransfer
 
-__all__ = ["FeatureHandlers"]
+__all__ = ["READ_VARIABLES", "FeatureHandlers"]
+
+# Dialplan variables `_variable` reads besides the configured CRM CALL_ID and DID variables.
+READ_VARIABLES = ("MIXMONITOR_FILENAME", "DIALSTATUS", "OUTNUM")
 
 
 class FeatureHandlers(TrackerCore):
