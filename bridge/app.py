@@ -64,9 +64,6 @@ log = structlog.get_logger(__name__)
 SHUTDOWN_DRAIN_SECONDS = 10.0
 PBX_READY_WAIT_SECONDS = 10.0
 DIRECTORY_WAIT_SECONDS = 30.0
-# How often an idle dispatcher looks at the outbox anyway: picks up `b24-bridge outbox retry` from another process,
-# and an attach whose finish just went through, within a second.
-DISPATCH_IDLE_POLL_SECONDS = 1.0
 
 
 def build_adapter(settings: Settings) -> PbxAdapter:
@@ -166,19 +163,18 @@ class Bridge:
             uploader = RecordingUploader(client, s.recordings, public_base_url=_public_base(s))
             attach = RecordingAttach(uploader) if s.recordings.enabled else None
             self.dispatcher = Dispatcher(outbox, client, directory, batching=s.bitrix24.batching,
-                                         attach_handler=attach, idle_poll=DISPATCH_IDLE_POLL_SECONDS)
+                                         attach_handler=attach)
             _background(stack, self._dispatch(self.dispatcher, directory), "dispatcher.run")
 
             self.adapter = adapter = build_adapter(s)
             if s.mqtt.enabled:
                 self.bus = await stack.enter_async_context(
                     MqttBus.from_settings(s.mqtt, pbx_id=s.pbx.id, on_originate=self._originate_from_site))
-            policy = CallPolicy(PolicySettings.from_config(s.bitrix24))
+            policy = CallPolicy(PolicySettings.from_config(s.bitrix24, recordings=s.recordings))
             open_calls = outbox.open_calls()
             for state in open_calls:
                 policy.restore(state)
-            self.pipeline = Pipeline(policy, outbox, metrics=self.metrics, bus=self.bus, on_event=self._observe,
-                                     attach_recordings=s.recordings.enabled)
+            self.pipeline = Pipeline(policy, outbox, metrics=self.metrics, bus=self.bus, on_event=self._observe)
             await stack.enter_async_context(adapter)
             _background(stack, self._pump(adapter, self.pipeline), "pipeline.pump")
             if open_calls:

@@ -7,7 +7,6 @@ anywhere on this path is logged and skipped; it never stops the events behind it
 
 from __future__ import annotations
 
-import dataclasses
 from collections import deque
 from collections.abc import Callable
 from datetime import datetime
@@ -18,7 +17,7 @@ import structlog
 from bridge.errors import StoreError
 from bridge.metrics import Metrics
 from bridge.model import CallEnded, CallEvent, event_to_json
-from bridge.sync.operations import OpenCallState, OpKind, PolicyStep
+from bridge.sync.operations import OpenCallState, PolicyStep
 from bridge.sync.outbox import Outbox
 from bridge.sync.policy import CallPolicy
 
@@ -35,16 +34,12 @@ class EventPublisher(Protocol):
 
 class Pipeline:
     def __init__(self, policy: CallPolicy, outbox: Outbox, *, metrics: Metrics | None = None,
-                 bus: EventPublisher | None = None, on_event: Callable[[CallEvent], None] | None = None,
-                 attach_recordings: bool = True) -> None:
-        """`attach_recordings=False` (recordings.enabled off) drops the policy's attach_record ops before they are
-        written, so a disabled feature does not turn every recorded call into a dead letter."""
+                 bus: EventPublisher | None = None, on_event: Callable[[CallEvent], None] | None = None) -> None:
         self._policy = policy
         self._outbox = outbox
         self._metrics = metrics
         self._bus = bus
         self._on_event = on_event
-        self._attach_recordings = attach_recordings
         self.events_seen = 0
         self.store_failures = 0
         self.policy_failures = 0
@@ -81,27 +76,19 @@ class Pipeline:
 
     def close_orphan(self, state: OpenCallState, at: datetime) -> int:
         """Finish a call that was live before a restart and whose channels are gone; returns the ops written."""
-        ops = [op for op in self._policy.close_orphan(state, at)
-               if self._attach_recordings or op.kind is not OpKind.ATTACH_RECORD]
+        ops = self._policy.close_orphan(state, at)
         self._outbox.enqueue(ops, close=[state.call_key])
         return len(ops)
 
     def _write(self, event: CallEvent, step: PolicyStep) -> None:
         if step.note:
             log.info("call_not_synced", call_id=event.call_id, reason=step.note)
-        if not self._attach_recordings:
-            step = _without_attachments(step)
         try:
             self._outbox.write(step)
         except StoreError as exc:
             # Nothing else can keep the record: make it loud (readiness fails, systemd restarts us).
             self.store_failures += 1
             log.critical("outbox_write_failed", call_id=event.call_id, kind=event.kind, error=str(exc))
-
-
-def _without_attachments(step: PolicyStep) -> PolicyStep:
-    ops = tuple(op for op in step.ops if op.kind is not OpKind.ATTACH_RECORD)
-    return step if len(ops) == len(step.ops) else dataclasses.replace(step, ops=ops)
 
 
 def _log_event(event: CallEvent) -> None:

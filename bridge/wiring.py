@@ -11,10 +11,11 @@ from bridge.bus.mqtt import MqttBus
 from bridge.bus.sites import SiteRouter
 from bridge.crm.bitrix24.client import Bitrix24Client
 from bridge.crm.bitrix24.directory import Directory
-from bridge.crm.bitrix24.errors import Bitrix24ApiError, Bitrix24RateLimited
+from bridge.crm.bitrix24.errors import Bitrix24ApiError
 from bridge.model import CallEnded, CallEvent, CallRecord, CallStarted, Direction, Disposition, OriginateRequest
 from bridge.recordings.uploader import RecordingFailed, RecordingNotReady, RecordingUploader
 from bridge.sync.operations import CrmOp
+from bridge.sync.ports import AttachNotReady
 
 CALL_TYPE_CALLBACK = 4
 DIRECTORY_POLL_SECONDS = 0.05
@@ -50,36 +51,29 @@ class MqttSiteRouting:
 
 
 class RecordingAttach:
-    """The dispatcher's attach handler: a not-yet-settled file is retried later, a bad one is a dead letter.
+    """The dispatcher's attach handler: a file not settled yet is asked for again later, a bad one is a dead letter.
 
-    The give-up clock starts at the call's end as the PBX stamped it, but never later than our first attempt: a PBX
-    clock running ahead of ours (or a replayed timeline) must not postpone giving up on a file that never comes.
+    The give-up clock starts at the earlier of the call's end as the PBX stamped it and the time the op was written to
+    the outbox: a PBX clock running ahead of ours (or a replayed timeline) must not postpone giving up on a file that
+    never comes, and the outbox's time survives restarts.
     """
 
     def __init__(self, uploader: RecordingUploader, *, clock: Callable[[], float] = time.time) -> None:
         self._uploader = uploader
         self._clock = clock
-        self._first_try: dict[tuple[str, int, str], float] = {}
 
-    async def __call__(self, op: CrmOp, crm_call_id: str) -> object:
+    async def __call__(self, op: CrmOp, crm_call_id: str, created_at: float) -> object:
         if not op.record_path:
             raise Bitrix24ApiError("", "attach_record operation without a recording path", method="attachRecord")
-        key = (op.call_key, op.leg, op.record_path)
-        first = self._first_try.setdefault(key, self._clock())
-        ended_at = min(op.at.timestamp(), first) if op.at is not None else first
-        waiting = False
+        queued_at = created_at if created_at > 0 else None  # 0: an op that never went through the outbox's write
+        ended_at = op.at.timestamp() if op.at is not None else (queued_at or self._clock())
         try:
-            return await self._uploader.attach(op.record_path, crm_call_id, ended_at=ended_at)
+            return await self._uploader.attach(op.record_path, crm_call_id, ended_at=ended_at, queued_at=queued_at)
         except RecordingNotReady as exc:
-            # Retried on the attach lane only, after the file had time to settle; cards are never held up.
-            waiting = True
-            raise Bitrix24RateLimited(str(exc), retry_after=exc.retry_after, status=None,
-                                      method="attachRecord") from exc
+            # Only this op waits; other calls' recordings (and every card) go meanwhile.
+            raise AttachNotReady(str(exc), retry_after=exc.retry_after) from exc
         except RecordingFailed as exc:
             raise Bitrix24ApiError("", str(exc), method="attachRecord") from exc
-        finally:
-            if not waiting:
-                self._first_try.pop(key, None)
 
 
 def failed_originate_events(request: OriginateRequest, reason: str, *, pbx: str) -> list[CallEvent]:

@@ -69,14 +69,20 @@ class RecordingUploader:
         if settings.transcode_mp3 and not self._transcode:
             log.warning("recording_transcode_unavailable", reason="ffmpeg not found; WAV files are sent as they are")
 
-    async def attach(self, path_text: str, crm_call_id: str, *, ended_at: float) -> Outcome:
-        """Attach one recording, or raise RecordingNotReady / RecordingFailed."""
+    async def attach(self, path_text: str, crm_call_id: str, *, ended_at: float,
+                     queued_at: float | None = None) -> Outcome:
+        """Attach one recording, or raise RecordingNotReady / RecordingFailed.
+
+        A file that is missing or still growing is given up `give_up_seconds` after the earlier of `ended_at` (the
+        call's end by the PBX's clock) and `queued_at` (when the attach was queued, by ours), so neither a clock
+        running ahead nor a restart postpones giving up.
+        """
         root = self._settings.root
         try:
             path = resolve_recording(root, path_text)
         except RecordingRejected as exc:
             raise RecordingFailed(str(exc)) from exc
-        state = self._stat(path, ended_at)
+        state = self._stat(path, ended_at if queued_at is None else min(ended_at, queued_at))
         if state.size <= EMPTY_WAV_BYTES:
             log.info("recording_skipped_empty", crm_call_id=crm_call_id, path=str(path), size=state.size)
             return "skipped_empty"

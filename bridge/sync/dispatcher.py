@@ -4,13 +4,15 @@ Two loops share the client's rate limiter: one sends register/show/hide/finish (
 and a call's register may carry its show/hide along through `$result[key][CALL_ID]`), the other hands
 recordings to `attach_handler` one at a time, so a slow upload never holds up a card. Users are resolved when an
 op is sent. Transient failures (portal down, rate limit, auth) release the ops untouched and back off; a method the
-portal paused is held alone; permanent refusals become dead letters with the portal's text.
+portal paused is held alone; a recording the handler says is not ready yet (`AttachNotReady`) is held alone until
+then, while other recordings go; permanent refusals become dead letters with the portal's text.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import random
 import time
 from collections import Counter
@@ -29,7 +31,7 @@ from bridge.sync.backoff import Backoff
 from bridge.sync.commands import Command, CommandBuilder
 from bridge.sync.operations import METHODS, CrmOp, OpKind
 from bridge.sync.outbox import DeadLetter, Outbox, StoredOp
-from bridge.sync.ports import AttachHandler, Bitrix24Port, DirectoryPort
+from bridge.sync.ports import AttachHandler, AttachNotReady, Bitrix24Port, DirectoryPort
 
 __all__ = ["MAX_BATCH", "Dispatcher", "DispatcherHealth", "DispatcherState"]
 
@@ -37,6 +39,9 @@ log = structlog.get_logger(__name__)
 
 MAX_BATCH = 50
 _CRASH_LIMIT = 3
+# Bounds on how long one not-ready recording is held: never a busy loop, never forever on a handler's odd answer.
+_MIN_HOLD = 0.05
+_MAX_HOLD = 3600.0
 _ATTACH_METHOD = METHODS[OpKind.ATTACH_RECORD]
 Outcome = Literal["ok", "already_done", "dead", "retry"]
 
@@ -108,6 +113,7 @@ class Dispatcher:
         self._paused: dict[str, float] = {}
         self._solo_left = 0
         self._suspects: dict[int, _Suspect] = {}
+        self._not_ready: dict[int, float] = {}  # op id -> monotonic time its recording may be tried again
         self._settled = asyncio.Event()
         self._state = DispatcherState.UNOPENED
         self._task: asyncio.Task[None] | None = None
@@ -228,6 +234,7 @@ class Dispatcher:
         timeout = self._idle_poll
         now = self._clock()
         waits = [until - now for until in self._paused.values() if until > now]
+        waits += self._hold_waits()
         if waits:
             timeout = min(timeout, min(waits) + 0.001)
         with contextlib.suppress(TimeoutError):
@@ -243,8 +250,26 @@ class Dispatcher:
                 and not self._is_held(stored))
 
     def _is_held(self, stored: StoredOp) -> bool:
+        now = time.monotonic()
         suspect = self._suspects.get(stored.id)
-        return suspect is not None and suspect.hold_until > time.monotonic()
+        if suspect is not None and suspect.hold_until > now:
+            return True
+        until = self._not_ready.get(stored.id)
+        if until is None:
+            return False
+        if until > now:
+            return True
+        del self._not_ready[stored.id]
+        return False
+
+    def _hold_waits(self) -> list[float]:
+        """Seconds until each held op may go again (so an idle lane wakes for it); forgets holds that ran out,
+        including those of ops settled or dropped elsewhere."""
+        now = time.monotonic()
+        for op_id in [i for i, until in self._not_ready.items() if until <= now]:
+            del self._not_ready[op_id]
+        waits = [until - now for until in self._not_ready.values()]
+        return waits + [s.hold_until - now for s in self._suspects.values() if s.hold_until > now]
 
     def _follow(self, previous: StoredOp, nxt: StoredOp) -> bool:
         """May `nxt` ride in the same batch right behind `previous` (same call)? Not uploads, not paused methods.
@@ -329,10 +354,26 @@ class Dispatcher:
         self._requests["attach"] += 1
         answer: tuple[bool, Any, BaseException | None]
         try:
-            answer = (True, await handler(op, call_id), None)
+            answer = (True, await handler(op, call_id, stored.created_at), None)
+        except AttachNotReady as exc:
+            self._hold_not_ready(command, exc)
+            return
         except Exception as exc:
             answer = (False, None, exc)
         self._apply([command], {command.key: answer}, attempted_before, Lessons(), self._senders["attach"])
+
+    def _hold_not_ready(self, command: Command, exc: AttachNotReady) -> None:
+        """Only this op waits until `retry_after`: the lane goes on with other recordings at its normal pace, and
+        waiting never counts toward a dead letter (the handler gives up by raising a permanent error)."""
+        stored = command.stored
+        delay = exc.retry_after if math.isfinite(exc.retry_after) else _MAX_HOLD
+        delay = min(max(delay, _MIN_HOLD), _MAX_HOLD)
+        self._not_ready[stored.id] = time.monotonic() + delay
+        self._outbox.release([stored])
+        self._retries += 1
+        self._count(command, "retry")
+        log.debug("crm_attach_not_ready", op_id=stored.id, call_key=stored.call_key, seconds=round(delay, 3),
+                 reason=str(exc))
 
     # --- answers -----------------------------------------------------------------------------------------------
 
@@ -372,8 +413,10 @@ class Dispatcher:
                 self.on_done(stored.op)
         for stored, _ in done:
             self._suspects.pop(stored.id, None)
+            self._not_ready.pop(stored.id, None)
         for letter in dead:
             self._suspects.pop(letter.stored.id, None)
+            self._not_ready.pop(letter.stored.id, None)
         self._apply_lessons(sender, lessons, answered=bool(done or dead))
 
     def _verdict(self, command: Command, error: BaseException | None, attempted_before: bool,

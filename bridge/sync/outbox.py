@@ -146,7 +146,8 @@ class Outbox:
         self.close()
 
     def add_listener(self, callback: Callable[[], None]) -> None:
-        """`callback()` runs after new or retried work lands (the dispatcher's `wake`)."""
+        """`callback()` runs after new or retried work lands, or settling made a call's next op ready (the
+        dispatcher's `wake`)."""
         self._listeners.append(callback)
 
     def remove_listener(self, callback: Callable[[], None]) -> None:
@@ -222,7 +223,11 @@ class Outbox:
             stored.attempts += 1
 
     def settle(self, *, done: Sequence[tuple[StoredOp, Any]] = (), dead: Sequence[DeadLetter] = ()) -> None:
-        """Record the portal's answers in one transaction: done ops (with their result) and dead letters."""
+        """Record the portal's answers in one transaction: done ops (with their result) and dead letters.
+
+        When that makes a call's next op ready (e.g. the attach behind a finish), listeners hear of it: the other
+        sender may be idle, waiting for exactly that op.
+        """
         db = self._require_open()
         if not done and not dead:
             return
@@ -234,12 +239,15 @@ class Outbox:
                 db.execute("UPDATE ops SET status = 'dead', updated_at = ? WHERE id = ?", (now, letter.stored.id))
                 db.execute("INSERT OR REPLACE INTO dead_letters (op_id, reason, error, failed_at) VALUES (?, ?, ?, ?)",
                            (letter.stored.id, letter.reason, letter.error, now))
+        unblocked = False
         for stored, _ in done:
-            self._index.remove(stored)
+            unblocked = self._index.remove(stored) or unblocked
         for letter in dead:
-            self._index.remove(letter.stored)
+            unblocked = self._index.remove(letter.stored) or unblocked
             log.warning("crm_op_dead_letter", op_id=letter.stored.id, call_key=letter.stored.call_key,
                         kind=letter.stored.kind.value, reason=letter.reason)
+        if unblocked:
+            self._notify()
 
     def _write_done(self, db: sqlite3.Connection, stored: StoredOp, result: Any, now: float) -> None:
         text = _result_text(result)

@@ -15,7 +15,8 @@ What a call becomes in Bitrix24 (see docs/bitrix24-api.md §4-§8, §13):
   transfer and registers a new CRM call (TYPE 3 inbound, TYPE 1 outbound) for the next agent; click-to-call calls
   always behave as `single` (they cannot be registered).
 - recordings: one `attach_record` per file after the finish, on the CRM call (leg) during which the recording
-  started, and only for legs somebody answered (unanswered calls leave header-only files behind).
+  started, and only for legs somebody answered (unanswered calls leave header-only files behind); none at all when
+  `attach_recordings` is off (recordings.enabled), so a disabled feature never turns into dead letters.
 - calls without a usable caller number are not sent at all: the portal refuses to register them.
 """
 
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, assert_never
 
-from bridge.config import Bitrix24Settings
+from bridge.config import Bitrix24Settings, RecordingsSettings
 from bridge.model import (
     AgentsRinging,
     CallAnswered,
@@ -63,9 +64,12 @@ class PolicySettings:
     default_user_id: int | None = None
     transfer_records: TransferRecords = "single"
     sync_internal_calls: bool = False
+    attach_recordings: bool = True
 
     @classmethod
-    def from_config(cls, settings: Bitrix24Settings) -> PolicySettings:
+    def from_config(cls, settings: Bitrix24Settings, *,
+                    recordings: RecordingsSettings | None = None) -> PolicySettings:
+        """`recordings` None: recordings are attached (the policy's default)."""
         return cls(
             crm_create=settings.crm_create,
             crm_source=settings.crm_source,
@@ -74,6 +78,7 @@ class PolicySettings:
             default_user_id=settings.default_user_id,
             transfer_records=settings.transfer_records,
             sync_internal_calls=settings.sync_internal_calls,
+            attach_recordings=True if recordings is None else recordings.enabled,
         )
 
 
@@ -358,6 +363,8 @@ class CallPolicy:
                 agent = record.agent or call.current_agent or call.dialler
                 ops.extend(self._leg_finish(call, agent, duration, status, failed_reason=record.failure_reason,
                                             at=record.ended_at, fallback_user=record.crm_user_id))
+        if not self._settings.attach_recordings:
+            return ops
         seen = {path for path, _ in call.recordings}
         recordings = call.recordings + [(p, call.leg) for p in dict.fromkeys(record.recordings) if p and p not in seen]
         for path, leg in recordings:

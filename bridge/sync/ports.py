@@ -8,9 +8,10 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
+from bridge.errors import BridgeError
 from bridge.sync.operations import CrmOp
 
-__all__ = ["AttachHandler", "BatchOutcome", "Bitrix24Port", "DirectoryPort"]
+__all__ = ["AttachHandler", "AttachNotReady", "BatchOutcome", "Bitrix24Port", "DirectoryPort"]
 
 
 class BatchOutcome(Protocol):
@@ -37,5 +38,19 @@ class DirectoryPort(Protocol):
         """The Bitrix24 USER_ID for an extension (or the default user); None when neither exists."""
 
 
-# attach_handler(op, crm_call_id): upload op.record_path to the finished CRM call; raises like Bitrix24Port.call.
-AttachHandler = Callable[[CrmOp, str], Awaitable[object]]
+class AttachNotReady(BridgeError):
+    """An attach handler's answer for one op: its file is not ready yet, ask again in `retry_after` seconds.
+
+    Only that op waits (other recordings go meanwhile, the lane does not back off) and waiting never makes it a dead
+    letter: the handler itself decides when to give up and then raises a permanent error instead.
+    """
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+# attach_handler(op, crm_call_id, created_at): upload op.record_path to the finished CRM call. `created_at` is when
+# the op was first written to the outbox (unix seconds; it survives restarts), for the handler's give-up clock.
+# Raises AttachNotReady, or like Bitrix24Port.call.
+AttachHandler = Callable[[CrmOp, str, float], Awaitable[object]]

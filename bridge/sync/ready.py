@@ -9,10 +9,9 @@ rebuilt from it at open and whenever another process changed the file.
 from __future__ import annotations
 
 import heapq
-import itertools
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from bridge.sync.operations import PRIORITIES, CrmOp, OpKind
 
@@ -40,6 +39,21 @@ class StoredOp:
 
 Accept = Callable[[StoredOp], bool]
 Follow = Callable[[StoredOp, StoredOp], bool]
+
+
+@dataclass(slots=True)
+class _Pick:
+    """One `take` in progress: what it leased so far, and per priority the followers waiting for that priority's
+    turn as (op id, call key, position in the call's queue)."""
+
+    limit: int
+    follow: Follow | None
+    trailing: dict[int, list[tuple[int, str, int]]]
+    out: list[StoredOp] = field(default_factory=list)
+
+    @property
+    def full(self) -> bool:
+        return len(self.out) >= self.limit
 
 
 class ReadyIndex:
@@ -90,12 +104,21 @@ class ReadyIndex:
         """Lease up to `limit` ready ops, lowest priority value first, then oldest.
 
         `accept` filters heads (e.g. paused methods); `follow(previous, next)` lets the next ops of the same call
-        ride along behind a head, in order, for one batch request.
+        ride along behind a head, in order, for one batch request. A follower rides only at its own priority: every
+        ready card (register/show, of any call) is taken before a hide or finish that merely trails another card, so
+        one call's tail never pushes other calls' waiting cards into the next request.
         """
-        out: list[StoredOp] = []
+        pick = _Pick(limit, follow, {p: [] for p in self._heaps})
         deferred: list[tuple[int, int, str]] = []
         for priority, heap in self._heaps.items():
-            while heap and len(out) < limit:
+            tails = pick.trailing[priority]
+            while (heap or tails) and not pick.full:
+                if tails and (not heap or tails[0][0] < heap[0][0]):
+                    _, key, position = heapq.heappop(tails)
+                    chain = self._queues[key]
+                    self._lease(pick, chain[position])
+                    self._take_followers(pick, chain, position, priority)
+                    continue
                 op_id, key = heapq.heappop(heap)
                 queue = self._queues.get(key)
                 if not queue or queue[0].id != op_id or op_id in self._leased:
@@ -104,31 +127,41 @@ class ReadyIndex:
                 if not accept(head):
                     deferred.append((priority, op_id, key))
                     continue
-                self._leased.add(op_id)
-                out.append(head)
-                if follow is not None:
-                    self._take_followers(queue, limit, follow, out)
-            if len(out) >= limit:
+                self._lease(pick, head)
+                self._take_followers(pick, queue, 0, priority)
+            if pick.full:
                 break
         for priority, op_id, key in deferred:
             heapq.heappush(self._heaps[priority], (op_id, key))
-        return out
+        return pick.out
 
-    def _take_followers(self, queue: deque[StoredOp], limit: int, follow: Follow, out: list[StoredOp]) -> None:
-        previous = queue[0]
-        for nxt in itertools.islice(queue, 1, None):
-            if len(out) >= limit or nxt.id in self._leased or not follow(previous, nxt):
+    def _lease(self, pick: _Pick, stored: StoredOp) -> None:
+        self._leased.add(stored.id)
+        pick.out.append(stored)
+
+    def _take_followers(self, pick: _Pick, queue: deque[StoredOp], position: int, priority: int) -> None:
+        """Take the ops behind `queue[position]` while `follow` allows and they rank at `priority` or better; the
+        first one that ranks lower waits in `pick.trailing` for its own priority's turn (if there is room then)."""
+        if pick.follow is None:
+            return
+        previous = queue[position]
+        for index in range(position + 1, len(queue)):
+            nxt = queue[index]
+            if pick.full or nxt.id in self._leased or not pick.follow(previous, nxt):
                 return
-            self._leased.add(nxt.id)
-            out.append(nxt)
+            if nxt.op.priority > priority:
+                heapq.heappush(pick.trailing[nxt.op.priority], (nxt.id, nxt.call_key, index))
+                return
+            self._lease(pick, nxt)
             previous = nxt
 
-    def remove(self, stored: StoredOp) -> None:
-        """Forget a settled op (done, dead or dropped); the call's next op becomes ready."""
+    def remove(self, stored: StoredOp) -> bool:
+        """Forget a settled op (done, dead or dropped); the call's next op becomes ready. True when it did (a
+        sender idle for want of work may have something now)."""
         self._leased.discard(stored.id)
         queue = self._queues.get(stored.call_key)
         if not queue:
-            return
+            return False
         was_head = queue[0].id == stored.id
         for index, item in enumerate(queue):
             if item.id == stored.id:
@@ -137,11 +170,13 @@ class ReadyIndex:
                 self._size -= 1
                 break
         else:
-            return
+            return False
         if not queue:
             del self._queues[stored.call_key]
         elif was_head and queue[0].id not in self._leased:
             self._push(queue[0])
+            return True
+        return False
 
     def release(self, stored: StoredOp) -> None:
         """Give a leased op back untouched: it keeps its place and is ready again if it heads its call."""

@@ -183,10 +183,7 @@ async def portal_outage(tmp_path: Path, outage: float) -> None:
     assert order_per_call(ops) == {}
     contested, violations = card_order(ops, margin=0.05 + 2 / RATE + 0.25)
     assert contested > 0
-    if violations:
-        # Reported to the sync owner: a card's own hide/finish ride along behind it in a full batch
-        # (ReadyIndex._take_followers), pushing other calls' waiting cards to the next request. Remove once fixed.
-        pytest.xfail(f"known dispatcher issue: {len(violations)} finishes went a request ahead of waiting cards")
+    assert violations == []
 
 
 async def test_portal_down_for_ten_seconds_during_fifty_calls(tmp_path: Path) -> None:

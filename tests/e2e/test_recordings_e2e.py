@@ -219,7 +219,4 @@ async def test_one_missing_file_does_not_hold_up_other_calls_recordings(root: Pa
         await until(lambda: outbox.dead_count() == 1, timeout=20)
         await settle(bridge)
     assert [c.records for c in sims.portal.calls.values() if c.records] == [[(present.name, data)]]
-    if not attached_before_giving_up:
-        # Reported to the sync owner: the attach lane takes the oldest attach op first, so a file that is not
-        # there yet blocks every later recording until it gives up (give_up_seconds, 600 s by default).
-        pytest.xfail("known dispatcher issue: head-of-line blocking on the attach lane")
+    assert attached_before_giving_up, "the missing file held up the other call's recording until it was given up"

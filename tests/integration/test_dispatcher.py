@@ -485,16 +485,18 @@ async def test_recordings_go_to_the_handler_after_finish(
         outbox: Outbox, portal: FakePortal, directory: FakeDirectory, clock: Clock) -> None:
     policy = CallPolicy(PolicySettings(default_user_id=9))
     feed(outbox, policy, inbound_answered("r", "+15550010", ("101",), "101", recording="/rec/r.wav"))
-    seen: list[tuple[CrmOp, str]] = []
+    seen: list[tuple[CrmOp, str, float]] = []
 
-    async def handler(op: CrmOp, call_id: str) -> Any:
-        seen.append((op, call_id))
+    async def handler(op: CrmOp, call_id: str, created_at: float) -> Any:
+        seen.append((op, call_id, created_at))
         return await portal.attach(op, call_id)
 
     async with dispatcher(outbox, portal, directory, clock, attach_handler=handler) as sender:
         assert await sender.drain(5)
     call_id = outbox.crm_call_id("r") or ""
-    assert [(op.kind, op.record_path, cid) for op, cid in seen] == [(OpKind.ATTACH_RECORD, "/rec/r.wav", call_id)]
+    assert [(op.kind, op.record_path, cid) for op, cid, _ in seen] == [(OpKind.ATTACH_RECORD, "/rec/r.wav", call_id)]
+    written = [row.created_at for row in outbox.list_rows("all", call_key="r") if row.kind == "attach_record"]
+    assert [created for _, _, created in seen] == written  # when the op was written, for the give-up clock
     assert portal.records == {call_id: ["/rec/r.wav"]}
     assert portal.methods()[-2:] == ["finish", "attachrecord"]
 
@@ -514,7 +516,7 @@ async def test_a_slow_upload_does_not_hold_up_cards(
     policy = CallPolicy(PolicySettings(default_user_id=9))
     release = asyncio.Event()
 
-    async def slow(op: CrmOp, call_id: str) -> Any:
+    async def slow(op: CrmOp, call_id: str, created_at: float) -> Any:
         await release.wait()
         return await portal.attach(op, call_id)
 

@@ -115,6 +115,25 @@ def test_limit_is_respected_including_followers(box: Outbox) -> None:
     assert kinds(got) == [("c0", "register"), ("c0", "show"), ("c1", "register")]
 
 
+def test_settling_tells_listeners_when_it_makes_a_calls_next_op_ready(box: Outbox) -> None:
+    heard: list[str] = []
+    box.add_listener(lambda: heard.append("wake"))
+    box.enqueue([op("a", OpKind.FINISH), op("a", OpKind.ATTACH_RECORD)])
+    box.enqueue([op("b", OpKind.REGISTER), op("b", OpKind.FINISH)])
+    box.enqueue([op("c", OpKind.FINISH)])
+    assert len(heard) == 3  # each write
+    first = take_all(box)
+    assert kinds(first) == [("b", "register"), ("a", "finish"), ("c", "finish")]
+    complete(box, [first[2]])  # c had nothing behind it: no new work for anybody
+    assert len(heard) == 3
+    complete(box, [first[1]])  # the attach behind a's finish is ready now: the attach lane may be asleep
+    assert len(heard) == 4
+    assert kinds(take_all(box)) == [("a", "attach_record")]
+    box.settle(dead=[DeadLetter(first[0], "refused")])  # a dead letter unblocks its call's next op too
+    assert len(heard) == 5
+    assert kinds(take_all(box)) == [("b", "finish")]
+
+
 # --- what is stored ----------------------------------------------------------------------------------------------
 
 def test_register_result_stores_the_call_id_and_finish_marks_the_call(box: Outbox, path: Path) -> None:

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge.config import Bitrix24Settings
+from bridge.config import Bitrix24Settings, RecordingsSettings
 from bridge.model import (
     AgentsRinging,
     CallAnswered,
@@ -418,6 +418,17 @@ def test_recordings_are_attached_once_after_finish_and_only_when_answered() -> N
     assert OpKind.ATTACH_RECORD not in [op.kind for op in missed]
 
 
+def test_recordings_off_attaches_nothing_and_changes_nothing_else() -> None:
+    events: list[CallEvent] = [
+        started(), recording("/r/a.wav", at=0), ringing("101", at=1), answered("101", at=2),
+        ended(Disposition.ANSWERED, agent="101", answered_at=2, talk=5, recordings=("/r/a.wav", "/r/c.wav")),
+    ]
+    on = run(events)
+    off = run(events, attach_recordings=False)
+    assert [op.record_path for op in on if op.kind is OpKind.ATTACH_RECORD] == ["/r/a.wav", "/r/c.wav"]
+    assert off == [op for op in on if op.kind is not OpKind.ATTACH_RECORD]
+
+
 # --- robustness --------------------------------------------------------------------------------------------------
 
 def test_events_for_unknown_calls_and_odd_input_do_not_crash() -> None:
@@ -479,6 +490,8 @@ def test_close_orphan_answered_call_finishes_answered_up_to_the_given_time() -> 
     ops = fresh.close_orphan(state, t(64))
     assert brief(ops) == [("finish", ("102",), 0), ("attach_record", (), 0)]
     assert ops[0].params == {"DURATION": 60, "STATUS_CODE": "200"}
+    without = CallPolicy(PolicySettings(attach_recordings=False)).close_orphan(state, t(64))
+    assert without == ops[:1]  # recordings disabled: the same finish, nothing to attach
 
 
 def test_close_orphan_ringing_call_hides_cards_and_finishes_missed_with_reason() -> None:
@@ -516,9 +529,14 @@ def test_restore_continues_a_live_call() -> None:
 def test_settings_from_config() -> None:
     config = Bitrix24Settings(default_user_id=3, missed_call_user="owner", transfer_records="per_agent",
                               show_cards=False, crm_create=False, crm_source="WEB", sync_internal_calls=True)
-    assert PolicySettings.from_config(config) == PolicySettings(
+    expected = PolicySettings(
         crm_create=False, crm_source="WEB", show_cards=False, missed_call_user="owner", default_user_id=3,
         transfer_records="per_agent", sync_internal_calls=True)
+    assert PolicySettings.from_config(config) == expected
+    assert expected.attach_recordings
+    on = PolicySettings.from_config(config, recordings=RecordingsSettings(enabled=True))
+    off = PolicySettings.from_config(config, recordings=RecordingsSettings(enabled=False))
+    assert (on, off.attach_recordings) == (expected, False)
 
 
 def test_ops_survive_a_json_round_trip() -> None:
@@ -592,3 +610,13 @@ def test_every_crm_call_is_registered_before_use_and_finished_exactly_once(
         after_finish = kinds[kinds.index(OpKind.FINISH) + 1:]
         assert set(after_finish) <= {OpKind.ATTACH_RECORD}
     assert not [op for op in ops if op.kind in (OpKind.SHOW, OpKind.HIDE) and not op.agents]
+
+
+@settings(max_examples=200, deadline=None)
+@given(events=call_events(), per_agent=st.booleans())
+def test_recordings_off_is_the_same_ops_without_attachments_for_any_call(
+        events: list[CallEvent], per_agent: bool) -> None:
+    mode = "per_agent" if per_agent else "single"
+    on = run(events, transfer_records=mode)
+    off = run(events, transfer_records=mode, attach_recordings=False)
+    assert off == [op for op in on if op.kind is not OpKind.ATTACH_RECORD]
