@@ -28,6 +28,11 @@ def register_secrets(values: Iterable[str | None]) -> None:
             _registered.add(value)
 
 
+def forget_secrets() -> None:
+    """Drop every registered secret (tests; a process keeps its secrets for its whole life)."""
+    _registered.clear()
+
+
 def redact_text(text: str) -> str:
     for secret in sorted(_registered, key=len, reverse=True):
         if secret in text:
