@@ -179,6 +179,9 @@ class Bitrix24Settings(Section):
     sync_internal_calls: bool = False
     directory_refresh_seconds: float = Field(default=900.0, gt=0)
     batching: bool = True
+    # Longest wait between retries while the portal is unreachable or failing: after an outage the bridge is back
+    # within this time (the portal's own retry hints are honoured up to it).
+    retry_max_seconds: float = Field(default=15.0, ge=1.0, le=600.0)
     # OAuth tokens of the local app (JSON, mode 0600) and the extension directory cache; None = next to storage.path.
     token_path: Path | None = None
     directory_cache: Path | None = None

@@ -128,7 +128,8 @@ class Dispatcher:
     @classmethod
     def from_config(cls, outbox: Outbox, client: Bitrix24Port, directory: DirectoryPort, settings: Bitrix24Settings,
                     *, attach_handler: AttachHandler | None = None) -> Dispatcher:
-        return cls(outbox, client, directory, batching=settings.batching, attach_handler=attach_handler)
+        return cls(outbox, client, directory, batching=settings.batching, attach_handler=attach_handler,
+                   backoff_cap=settings.retry_max_seconds)
 
     # --- lifecycle ---------------------------------------------------------------------------------------------
 

@@ -576,3 +576,13 @@ async def test_on_done_hears_every_accepted_op_once(
     assert kinds[:2] == [OpKind.REGISTER, OpKind.SHOW]
     assert kinds.count(OpKind.FINISH) == 1
     assert sorted(kinds) == sorted(OpKind(row.kind) for row in outbox.list_rows("all", call_key="c1"))
+
+
+async def test_retry_cap_comes_from_settings(
+        outbox: Outbox, portal: FakePortal, directory: FakeDirectory) -> None:
+    from bridge.config import Bitrix24Settings
+
+    sender = Dispatcher.from_config(outbox, portal, directory, Bitrix24Settings(retry_max_seconds=3.0))
+    delays = [sender._senders["send"].backoff.next_delay() for _ in range(20)]
+    assert max(delays) <= 3.0
+    assert delays[-1] >= 1.5  # grown to the cap and drawn from its upper half
