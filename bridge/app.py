@@ -5,6 +5,9 @@ event pump -> HTTP server. The dispatcher starts sending once the extension dire
 the portal, bounded by DIRECTORY_WAIT_SECONDS), so the first calls after a fresh install are not put on the default
 user. On SIGTERM the HTTP server stops taking requests first, then the dispatcher gets a bounded time to finish what
 is in flight (the outbox keeps the rest for the next start), then the links are closed.
+
+systemd hears READY=1 once the HTTP server listens and the PBX link is up (waited for at most
+PBX_READY_WAIT_SECONDS), and WATCHDOG=1 only while the outbox takes writes and the event pump and dispatcher loops run.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from aiohttp import web
 
 from bridge.bus.mqtt import MqttBus
 from bridge.bus.sites import SiteRouter
+from bridge.card_timer import CardTimer
 from bridge.config import Settings, check_required
 from bridge.crm.bitrix24.client import Bitrix24Client
 from bridge.crm.bitrix24.directory import Directory
@@ -64,6 +68,10 @@ log = structlog.get_logger(__name__)
 SHUTDOWN_DRAIN_SECONDS = 10.0
 PBX_READY_WAIT_SECONDS = 10.0
 DIRECTORY_WAIT_SECONDS = 30.0
+# A command from another site may arrive while our PBX link is still logging in (right after a start).
+REMOTE_PBX_WAIT_SECONDS = 5.0
+# Bounds an originate the PBX never answers, as the web layer does for local clicks.
+REMOTE_ORIGINATE_TIMEOUT_SECONDS = 20.0
 
 
 def build_adapter(settings: Settings) -> PbxAdapter:
@@ -88,6 +96,7 @@ class Bridge:
     metrics: Metrics = field(default_factory=lambda: Metrics(process_metrics=True))
     event_observers: list[Callable[[CallEvent], None]] = field(default_factory=list)
     drain_seconds: float = SHUTDOWN_DRAIN_SECONDS
+    remote_pbx_wait: float = REMOTE_PBX_WAIT_SECONDS
     outbox: Outbox | None = None
     client: Bitrix24Client | None = None
     directory: Directory | None = None
@@ -95,16 +104,24 @@ class Bridge:
     adapter: PbxAdapter | None = None
     bus: MqttBus | None = None
     pipeline: Pipeline | None = None
+    card_timer: CardTimer | None = None
     web_port: int | None = None
     started_at: float = field(default_factory=time.time)
+    # Loops the bridge is useless without (sending to the portal, reading the PBX): if one dies, systemd must know.
+    _vital: list[asyncio.Task[None]] = field(default_factory=list, init=False, repr=False)
 
     def health(self) -> dict[str, Health]:
         parts: dict[str, Health] = {}
         if self.adapter is not None:
             parts["pbx"] = self.adapter.health()
         if self.outbox is not None:
-            parts["store"] = Health(ok=self.pipeline is None or self.pipeline.store_failures == 0,
-                                    detail=str(self.outbox.path), extra={"dead_letters": self.outbox.dead_count()})
+            pipeline = self.pipeline
+            failures = pipeline.store_failures if pipeline is not None else 0
+            detail = str(self.outbox.path)
+            if pipeline is not None and failures:
+                detail = f"{detail}: {failures} outbox writes failed, last: {pipeline.last_store_error}"
+            parts["store"] = Health(ok=failures == 0, detail=detail,
+                                    extra={"dead_letters": self.outbox.dead_count(), "write_failures": failures})
         if self.client is not None:
             parts["portal"] = self.client.health()
         if self.bus is not None:
@@ -114,7 +131,10 @@ class Bridge:
     def idle(self) -> bool:
         """Nothing in progress right now: no call the PBX side tracks, no operation waiting or in flight."""
         tracker = getattr(self.adapter, "tracker", None)
-        live = len(tracker) if tracker is not None and hasattr(tracker, "__len__") else 0
+        if tracker is not None and hasattr(tracker, "__len__"):
+            live = len(tracker)
+        else:  # adapters without a public tracker: the calls the policy holds open
+            live = self.pipeline.active_calls if self.pipeline is not None else 0
         outbox = self.outbox
         return live == 0 and outbox is not None and outbox.pending_count() == 0 and outbox.in_flight_count() == 0
 
@@ -158,13 +178,15 @@ class Bridge:
             self.directory = directory = Directory(
                 client, default_user_id=s.bitrix24.default_user_id,
                 cache_path=state_file(s, "directory.json", s.bitrix24.directory_cache))
-            _background(stack, directory.run_periodic(s.bitrix24.directory_refresh_seconds), "directory.refresh")
+            _ = _background(stack, directory.run_periodic(s.bitrix24.directory_refresh_seconds), "directory.refresh")
 
             uploader = RecordingUploader(client, s.recordings, public_base_url=_public_base(s))
             attach = RecordingAttach(uploader) if s.recordings.enabled else None
             self.dispatcher = Dispatcher(outbox, client, directory, batching=s.bitrix24.batching,
                                          attach_handler=attach)
-            _background(stack, self._dispatch(self.dispatcher, directory), "dispatcher.run")
+            self.card_timer = CardTimer(self.metrics.ring_to_card)
+            self.dispatcher.on_done = self.card_timer.accepted
+            self._vital.append(_background(stack, self._dispatch(self.dispatcher, directory), "dispatcher.run"))
 
             self.adapter = adapter = build_adapter(s)
             if s.mqtt.enabled:
@@ -174,11 +196,12 @@ class Bridge:
             open_calls = outbox.open_calls()
             for state in open_calls:
                 policy.restore(state)
-            self.pipeline = Pipeline(policy, outbox, metrics=self.metrics, bus=self.bus, on_event=self._observe)
+            self.pipeline = Pipeline(policy, outbox, metrics=self.metrics, bus=self.bus, on_event=self._observe,
+                                     card_timer=self.card_timer)
             await stack.enter_async_context(adapter)
-            _background(stack, self._pump(adapter, self.pipeline), "pipeline.pump")
+            self._vital.append(_background(stack, self._pump(adapter, self.pipeline), "pipeline.pump"))
             if open_calls:
-                _background(stack, self._close_orphans(policy, open_calls), "pipeline.orphans")
+                _ = _background(stack, self._close_orphans(policy, open_calls), "pipeline.orphans")
 
             # Pushed before the server is entered, so on exit the server stops taking events first, then we drain.
             stack.push_async_callback(self._drain)
@@ -220,13 +243,19 @@ class Bridge:
         async with dispatcher:
             await asyncio.Event().wait()
 
-    async def _wait_pbx(self) -> None:
-        """Readiness waits for the PBX link, but never forever: a down PBX is reported by /readyz, not by a hang."""
+    async def _wait_pbx(self, timeout: float = PBX_READY_WAIT_SECONDS) -> None:
+        """Readiness waits for the PBX link, but never forever: a down PBX is reported by /readyz, not by a hang.
+
+        Adapters offer `wait_connected(timeout)` (Asterisk) or `connected()` (Avaya); others are not waited for.
+        """
         wait = getattr(self.adapter, "wait_connected", None)
-        if wait is None:
-            return
+        connected = getattr(self.adapter, "connected", None)
         with contextlib.suppress(TimeoutError):
-            await wait(PBX_READY_WAIT_SECONDS)
+            if callable(wait):
+                await wait(timeout)
+            elif callable(connected):
+                async with asyncio.timeout(timeout):
+                    await connected()
 
     async def _close_orphans(self, policy: CallPolicy, open_calls: list[OpenCallState]) -> None:
         """Calls registered before a restart whose channels are gone get finished (no card stays open)."""
@@ -254,17 +283,40 @@ class Bridge:
             log.info("dispatcher_drained", complete=done)
 
     def _alive(self) -> bool:
-        return self.pipeline is not None and self.pipeline.store_failures == 0
+        """The watchdog's question: can the bridge still keep and send its record (store writable, loops running)?"""
+        if self.pipeline is None or self.pipeline.store_failures > 0:
+            return False
+        return not any(task.done() for task in self._vital)
 
     async def _originate_from_site(self, request: OriginateRequest) -> None:
-        """An originate command from another site's bridge (multi-site click-to-call)."""
-        assert self.adapter is not None and self.pipeline is not None
+        """An originate command from another site's bridge (multi-site click-to-call).
+
+        The other site already has its receipt, so this site owns the outcome: whatever stops the originate, the CRM
+        call is finished as failed here (with the reason), never left open.
+        """
+        adapter, pipeline = self.adapter, self.pipeline
+        if adapter is None or pipeline is None:
+            raise OriginateError("the bridge is still starting", reason="bridge starting")
+        reason: str | None = None
         try:
-            await self.adapter.originate(request)
+            await self._wait_pbx(self.remote_pbx_wait)
+            async with asyncio.timeout(REMOTE_ORIGINATE_TIMEOUT_SECONDS):
+                await adapter.originate(request)
         except OriginateError as exc:
-            for event in failed_originate_events(request, exc.reason, pbx=self.adapter.kind):
-                self.pipeline.handle(event)
+            reason = exc.reason
             raise
+        except TimeoutError:
+            reason = "the PBX did not accept the originate in time"
+            raise
+        except Exception as exc:
+            reason = f"originate failed at site {self.settings.pbx.id}: {type(exc).__name__}"
+            raise
+        finally:
+            if reason is not None:
+                log.warning("remote_originate_failed", crm_call_id=request.crm_call_id, extension=request.extension,
+                            request_id=request.request_id, reason=reason)
+                for event in failed_originate_events(request, reason, pbx=adapter.kind):
+                    pipeline.handle(event)
 
     def _web_app(self, uploader: RecordingUploader) -> web.Application:
         s = self.settings
@@ -327,17 +379,20 @@ class Bridge:
             if self.bus is not None:
                 m.mqtt_link(up=self.bus.health().ok)
                 m.mqtt_totals(published=self.bus.counters.published, dropped=self.bus.counters.dropped_events)
-            if self.client is not None and self.client.auth is not None:
-                m.oauth_token_expiry(getattr(self.client.auth, "expires", None))
+            auth = self.client.auth if self.client is not None else None
+            if auth is not None:
+                tokens = auth.tokens
+                m.oauth_token_expiry(tokens.expires if tokens is not None else None)
 
         m.add_collector(collect)
 
 
-def _background(stack: AsyncExitStack, work: Coroutine[Any, Any, None], name: str) -> None:
+def _background(stack: AsyncExitStack, work: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
     """Run `work` as a named task that the stack cancels (and awaits) on exit."""
     task = asyncio.create_task(work, name=name)
     task.add_done_callback(_report_crash)
     stack.push_async_callback(_cancel, task)
+    return task
 
 
 def _report_crash(task: asyncio.Task[None]) -> None:
@@ -346,8 +401,9 @@ def _report_crash(task: asyncio.Task[None]) -> None:
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:
+    """Stop a background task; a crash it died of earlier was logged then and must not fail the shutdown too."""
     task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
+    with contextlib.suppress(asyncio.CancelledError, Exception):
         await task
 
 

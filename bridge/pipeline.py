@@ -14,9 +14,10 @@ from typing import Protocol
 
 import structlog
 
+from bridge.card_timer import CardTimer
 from bridge.errors import StoreError
 from bridge.metrics import Metrics
-from bridge.model import CallEnded, CallEvent, event_to_json
+from bridge.model import AgentsRinging, CallEnded, CallEvent, event_to_json
 from bridge.sync.operations import OpenCallState, PolicyStep
 from bridge.sync.outbox import Outbox
 from bridge.sync.policy import CallPolicy
@@ -34,16 +35,24 @@ class EventPublisher(Protocol):
 
 class Pipeline:
     def __init__(self, policy: CallPolicy, outbox: Outbox, *, metrics: Metrics | None = None,
-                 bus: EventPublisher | None = None, on_event: Callable[[CallEvent], None] | None = None) -> None:
+                 bus: EventPublisher | None = None, on_event: Callable[[CallEvent], None] | None = None,
+                 card_timer: CardTimer | None = None) -> None:
         self._policy = policy
         self._outbox = outbox
         self._metrics = metrics
         self._bus = bus
         self._on_event = on_event
+        self._card_timer = card_timer
         self.events_seen = 0
         self.store_failures = 0
+        self.last_store_error: str | None = None
         self.policy_failures = 0
         self.recent_ended: deque[dict[str, object]] = deque(maxlen=RECENT_CALLS)
+
+    @property
+    def active_calls(self) -> int:
+        """Calls started and not yet ended, as the policy sees them."""
+        return self._policy.active_calls
 
     async def submit(self, event: CallEvent) -> None:
         """The web layer's EventSink: synthetic events (failed click-to-call) take the same path."""
@@ -65,6 +74,7 @@ class Pipeline:
             self.policy_failures += 1
             log.exception("policy_failed", call_id=event.call_id, kind=event.kind)
         else:
+            self._time_card(event, step.call_key)
             self._write(event, step)
         if self._metrics is not None:
             self._metrics.active_calls(self._policy.active_calls)
@@ -80,6 +90,16 @@ class Pipeline:
         self._outbox.enqueue(ops, close=[state.call_key])
         return len(ops)
 
+    def _time_card(self, event: CallEvent, call_key: str | None) -> None:
+        """Ring-to-card: the clock starts before the ops are written, so the dispatcher cannot beat it."""
+        timer = self._card_timer
+        if timer is None or call_key is None:
+            return
+        if isinstance(event, AgentsRinging):
+            timer.ringing(call_key)
+        elif isinstance(event, CallEnded):
+            timer.ended(call_key)
+
     def _write(self, event: CallEvent, step: PolicyStep) -> None:
         if step.note:
             log.info("call_not_synced", call_id=event.call_id, reason=step.note)
@@ -88,6 +108,7 @@ class Pipeline:
         except StoreError as exc:
             # Nothing else can keep the record: make it loud (readiness fails, systemd restarts us).
             self.store_failures += 1
+            self.last_store_error = str(exc)
             log.critical("outbox_write_failed", call_id=event.call_id, kind=event.kind, error=str(exc))
 
 

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel
 
 from bridge.app import Bridge
@@ -90,9 +92,11 @@ async def simulators(*, rate: float = 1000.0, burst: int = 1000, latency: float 
 
 @contextlib.asynccontextmanager
 async def running_bridge(settings: Settings, *, observers: Sequence[Callable[[CallEvent], None]] = (),
-                         drain_seconds: float = 2.0, ready_timeout: float = 15.0) -> AsyncIterator[Bridge]:
+                         drain_seconds: float = 2.0, ready_timeout: float = 15.0,
+                         wait_dispatcher: bool = True) -> AsyncIterator[Bridge]:
     """A `Bridge` running in this loop until the block ends (then shut down as on SIGTERM, and awaited);
-    `observers` see every CallEvent the bridge handles."""
+    `observers` see every CallEvent the bridge handles. `wait_dispatcher=False` for a bridge whose portal cannot
+    load the user directory (the dispatcher then waits for it in the background)."""
     bridge = Bridge(settings, metrics=Metrics(process_metrics=False), event_observers=list(observers),
                     drain_seconds=drain_seconds)
     stop = asyncio.Event()
@@ -105,11 +109,39 @@ async def running_bridge(settings: Settings, *, observers: Sequence[Callable[[Ca
         if runner.done():
             runner.result()  # the bridge failed to start: raise its error here
         assert ready.is_set(), f"the bridge was not ready within {ready_timeout} s"
-        await until(lambda: bridge.dispatcher is not None and bridge.dispatcher.state is DispatcherState.RUNNING)
+        if wait_dispatcher:
+            await until(lambda: bridge.dispatcher is not None
+                        and bridge.dispatcher.state is DispatcherState.RUNNING)
         yield bridge
     finally:
         stop.set()
         await asyncio.wait_for(runner, 30)
+
+
+@contextlib.asynccontextmanager
+async def ami_simulator() -> AsyncIterator[AmiSimulator]:
+    """One more AMI simulator set up as `simulators()` sets up its own (for a second site's PBX)."""
+    async with AmiSimulator(secret=secrets.token_hex(8)) as ami:
+        ami.timestamps = True
+        yield ami
+
+
+async def scrape(bridge: Bridge) -> str:
+    """The bridge's GET /metrics body."""
+    async with aiohttp.ClientSession() as session, \
+            session.get(f"http://127.0.0.1:{bridge.web_port}/metrics") as response:
+        assert response.status == 200
+        return await response.text()
+
+
+def metric(exposition: str, name: str, **labels: str) -> float | None:
+    """The value of sample `name` whose labels include `labels` (summed over the rest); None when there is none."""
+    found: list[float] = []
+    for family in text_string_to_metric_families(exposition):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                found.append(float(sample.value))
+    return sum(found) if found else None
 
 
 async def until(predicate: Callable[[], bool], timeout: float = 10.0, *, interval: float = 0.02) -> None:
