@@ -262,12 +262,11 @@ class MqttSettings(Section):
     event_queue_size: int = Field(default=10_000, ge=10)
     # Click-to-calls for other sites waiting for delivery; one more fails at once (the CRM call is failed).
     command_queue_size: int = Field(default=100, ge=1)
-    # A click-to-call the other site has not confirmed within this is failed, and never sent again.
+    # A click-to-call the other site has not confirmed within this is failed, and never sent again; the command
+    # carries this expiry, so the other site never dials it later (keep the sites' clocks in sync with NTP).
     command_deadline_seconds: float = Field(default=30.0, gt=0)
     # Unconfirmed click-to-calls are sent again this often (the receiver drops repeats by command id).
     command_retry_seconds: float = Field(default=3.0, gt=0)
-    # The receiving site ignores commands older than this (wall clock: allow for clock skew between sites).
-    command_ttl_seconds: float = Field(default=120.0, gt=0)
     # How long a received command id is remembered, so that repeats are dropped.
     dedup_seconds: float = Field(default=600.0, gt=0)
 
@@ -289,8 +288,6 @@ class MqttSettings(Section):
             raise ValueError("mqtt.ca_file is set but mqtt.tls is false: set tls = true (or remove ca_file)")
         if self.password is not None and not self.username:
             raise ValueError("mqtt.password is set without mqtt.username: set the username too")
-        if self.command_deadline_seconds > self.command_ttl_seconds:
-            raise ValueError("mqtt.command_deadline_seconds must not exceed mqtt.command_ttl_seconds")
         return self
 
 

@@ -74,13 +74,13 @@ class MqttBus:
                  username: str | None = None, password: str | None = None, ssl_context: ssl.SSLContext | None = None,
                  client_id: str | None = None, keepalive: int = 30, reconnect_min: float = 0.5,
                  reconnect_max: float = 30.0, event_queue_size: int = 10_000, command_queue_size: int = 100,
-                 command_deadline: float = 30.0, command_retry: float = 3.0, command_ttl: float = 120.0,
+                 command_deadline: float = 30.0, command_retry: float = 3.0,
                  dedup_seconds: float = 600.0, on_originate: OnOriginate | None = None) -> None:
         if not SITE_ID.fullmatch(pbx_id):
             raise ValueError(f"pbx_id {pbx_id!r} must be 1-64 letters, digits, '_', '.' or '-'")
         if not 0 < reconnect_min <= reconnect_max:
             raise ValueError("need 0 < reconnect_min <= reconnect_max")
-        if min(command_deadline, command_retry, command_ttl, dedup_seconds) <= 0 or min(
+        if min(command_deadline, command_retry, dedup_seconds) <= 0 or min(
                 event_queue_size, command_queue_size) < 1:
             raise ValueError("queue sizes and command timings must be positive")
         self._host, self._port, self._pbx_id, self._prefix = host, port, pbx_id, prefix
@@ -88,7 +88,7 @@ class MqttBus:
         self._client_id = client_id or f"{prefix.replace('/', '-')}-{pbx_id}"
         self._keepalive = keepalive
         self._reconnect_min, self._reconnect_max = reconnect_min, reconnect_max
-        self._command_retry, self._command_ttl = command_retry, command_ttl
+        self._command_retry, self._command_deadline = command_retry, command_deadline
         self._events: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(maxsize=event_queue_size)
         self._pending = PendingCommands(max_size=command_queue_size, deadline=command_deadline,
                                         on_failed=self._command_failed)
@@ -114,7 +114,7 @@ class MqttBus:
                    ssl_context=_ssl_context(s), client_id=s.client_id, keepalive=s.keepalive_seconds,
                    reconnect_min=s.reconnect_min, reconnect_max=s.reconnect_max, event_queue_size=s.event_queue_size,
                    command_queue_size=s.command_queue_size, command_deadline=s.command_deadline_seconds,
-                   command_retry=s.command_retry_seconds, command_ttl=s.command_ttl_seconds,
+                   command_retry=s.command_retry_seconds,
                    dedup_seconds=s.dedup_seconds, on_originate=on_originate)
 
     @property
@@ -212,7 +212,8 @@ class MqttBus:
             raise RuntimeError(f"MqttBus is {self._state.value}: enter it before sending commands")
         if not SITE_ID.fullmatch(site) or site == self._pbx_id:
             raise ValueError(f"site {site!r} is not another site's id")
-        command = new_command(request, origin=self._pbx_id, now=time.time(), ttl=self._command_ttl)
+        # It expires when we stop waiting for its receipt: the other site must never dial a click we already failed.
+        command = new_command(request, origin=self._pbx_id, now=time.time(), ttl=self._command_deadline)
         fields = {"command_id": command.id, "site": site, "request_id": request.request_id,
                   "extension": request.extension}
         try:

@@ -339,6 +339,19 @@ async def test_command_to_a_site_nobody_serves_fails_after_the_deadline(
         assert bus.counters.commands_sent >= 1
 
 
+async def test_a_command_expires_when_its_sender_stops_waiting(
+        mqtt_broker: MosquittoBroker, prefix: str, collector: Collector) -> None:
+    """The other site must never dial a click whose CRM call was already failed for want of a receipt."""
+    await collector.start(f"{prefix}/pbx9/commands/originate")
+    async with make_bus(mqtt_broker, prefix, "pbx1", command_deadline=0.7) as bus:
+        await connected(bus)
+        with pytest.raises(RemoteOriginateError):
+            await asyncio.wait_for(bus.publish_originate("pbx9", request()), WAIT)
+    await until(lambda: bool(collector.messages), "the command on the wire")
+    body = json.loads(collector.messages[0][1])
+    assert body["expires_at"] - body["sent_at"] == pytest.approx(0.7)
+
+
 async def test_bus_refuses_reuse_and_fails_waiting_commands_on_close(prefix: str) -> None:
     bus = make_bus(None, prefix, "pbx1")
     async with bus:
@@ -408,7 +421,7 @@ def test_from_settings_reports_config_problems(tmp_path: Path) -> None:
         MqttBus.from_settings(MqttSettings(host="h", tls=True, ca_file=tmp_path / "nope.pem"), pbx_id="pbx1")
     assert missing.value.key == "mqtt.ca_file"
     for bad in ({"ca_file": tmp_path / "ca.pem"}, {"password": "x"}, {"reconnect_min": 5, "reconnect_max": 1},
-                {"command_deadline_seconds": 300}, {"client_id": "has space"}):
+                {"command_deadline_seconds": 0}, {"client_id": "has space"}):
         with pytest.raises(ValueError):
             MqttSettings(host="h", **bad)
     with pytest.raises(ValueError):
