@@ -146,7 +146,7 @@ async def test_closing_stops_the_session_and_ends_the_event_stream(sim: AvayaSim
 # ---- calls --------------------------------------------------------------------------------------------------------
 
 async def test_inbound_answered(sim: AvayaSimulator, running: tuple[AvayaAdapter, Events]) -> None:
-    _, events = running
+    adapter, events = running
     call = sim.new_call()
     await sim.ring(call, "201", calling=CUSTOMER, called="5551000")
     await sim.ring(call, "202", calling=CUSTOMER, called="5551000")
@@ -162,6 +162,9 @@ async def test_inbound_answered(sim: AvayaSimulator, running: tuple[AvayaAdapter
     rec = end.call
     assert (rec.pbx, rec.agent, rec.agents_rung, rec.disposition) == ("avaya", "202", ("201", "202"),
                                                                       Disposition.ANSWERED)
+    counters = adapter.health().extra  # what /metrics reads for every PBX kind
+    assert counters["events_received"] >= 5
+    assert (counters["dropped_events"], counters["reconnects"]) == (0, 0)
 
 
 async def test_inbound_missed_through_a_vdn(sim: AvayaSimulator, running: tuple[AvayaAdapter, Events]) -> None:

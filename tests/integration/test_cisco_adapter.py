@@ -133,7 +133,7 @@ async def test_login_presence_and_initial_resync(sim: FinesseSim,
 
 
 async def test_inbound_answered(sim: FinesseSim, running: tuple[FinesseAdapter, Collector]) -> None:
-    _, events = running
+    adapter, events = running
     call_id = await scenario.inbound_answered(sim, caller=CALLER, dnis=DID, agent="1001", ring=4, talk=30)
     (end,) = await events.ended(call_id)
     kinds = [e.kind for e in events.of(call_id)]
@@ -144,6 +144,9 @@ async def test_inbound_answered(sim: FinesseSim, running: tuple[FinesseAdapter, 
     record = end.call
     assert (record.pbx, record.disposition, record.agent, record.talk_seconds, record.agents_rung) == (
         "cisco", Disposition.ANSWERED, "1001", 30, ("1001",))
+    counters = adapter.health().extra  # what /metrics reads for every PBX kind
+    assert counters["events_received"] >= 3
+    assert (counters["dropped_events"], counters["reconnects"]) == (0, 0)
 
 
 async def test_inbound_missed_seen_by_two_agents_is_one_call(sim: FinesseSim,

@@ -91,6 +91,7 @@ class AvayaAdapter:
         self._down.set()
         self._last_error = "not connected yet"
         self.links = 0
+        self.events_received = 0
         self.reattaches = 0
 
     @classmethod
@@ -155,7 +156,10 @@ class AvayaAdapter:
         await self._down.wait()
 
     def health(self) -> Health:
+        # events_received / dropped_events / reconnects: the PBX counters every adapter reports (see /metrics).
         extra = {"links": self.links, "reattaches": self.reattaches, "monitors": len(self._monitor_ext),
+                 "events_received": self.events_received, "dropped_events": 0,
+                 "reconnects": max(0, self.links - 1),
                  "active_calls": self._tracker.active_calls, "failed_devices": dict(self._failed_devices)}
         if self._state is not _State.OPENED:
             return Health(False, f"adapter {self._state.value}", extra)
@@ -326,6 +330,7 @@ class AvayaAdapter:
     def _on_message(self, message: DmccMessage) -> None:
         """Called by the reader, in arrival order, for everything that is not an answer to a request."""
         if isinstance(message, EVENT_TYPES):
+            self.events_received += 1
             ext = self._monitor_ext.get(message.monitor_id)
             try:
                 events = self._tracker.on_event(message, at=self._clock(), monitored=ext)

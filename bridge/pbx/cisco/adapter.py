@@ -92,6 +92,7 @@ class FinesseAdapter:
         self._sessions: list[XmppSession] = []
         self._runner: asyncio.Task[None] | None = None
         self._state = _State.UNOPENED
+        self.events_received = 0
         self._originated: OrderedDict[str, None] = OrderedDict()
 
     @classmethod
@@ -198,6 +199,7 @@ class FinesseAdapter:
             self._queue.put_nowait(event)
 
     def _on_message(self, stanza: ET.Element, received_at: datetime) -> None:
+        self.events_received += 1
         for note in extract_notifications(stanza):
             if note.user_id not in self._agents:
                 log.debug("finesse_foreign_node", node=note.node[:120])
@@ -273,7 +275,11 @@ class FinesseAdapter:
         ok = self._state is _State.OPEN and bool(self._sessions) and ready == len(self._sessions)
         errors = {s.name: s.last_error for s in self._sessions if s.last_error}
         detail = f"{ready}/{len(self._sessions)} Finesse notification sessions ready"
+        # events_received / dropped_events / reconnects: the PBX counters every adapter reports (see /metrics).
+        reconnects = sum(max(0, s.connects - 1) for s in self._sessions)
         return Health(ok=ok, detail=detail, extra={"sessions": states, "errors": errors,
+                                                   "events_received": self.events_received, "dropped_events": 0,
+                                                   "reconnects": reconnects,
                                                    "live_calls": self._tracker.live_calls,
                                                    "pending_originates": self._tracker.pending_originates})
 
