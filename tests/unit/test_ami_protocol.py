@@ -95,12 +95,20 @@ def test_response_follows_block_keeps_raw_output_even_with_blank_lines() -> None
     block = (b"Response: Follows\r\nPrivilege: Command\r\nActionID: c-1\r\n"
              b"line one\nline two\r\n\r\nafter a blank line\r\n--END COMMAND--\r\n\r\n")
     trailer = b"Event: Ping\r\n\r\n"
-    parser = AmiParser()
+    parser = AmiParser(command_output=True)
     messages = _feed_chunked(parser, block + trailer, 5)
     assert [m.response or m.event for m in messages] == ["Follows", "Ping"]
     follows = messages[0]
     assert follows.action_id == "c-1"
     assert any("after a blank line" in line for line in follows.output)
+
+
+def test_follows_without_end_marker_never_holds_back_later_events_by_default() -> None:
+    """The bridge sends no `Command` action, so a stray `Response: Follows` frames like any other."""
+    stray = b"Response: Follows\r\nPrivilege: Command\r\n\r\n"
+    events = b"".join(b"Event: Newstate\r\nUniqueid: 1.%d\r\n\r\n" % n for n in range(3))
+    messages = AmiParser().feed(stray + events)
+    assert [m.response or m.event for m in messages] == ["Follows", "Newstate", "Newstate", "Newstate"]
 
 
 def test_frame_without_event_or_response_is_skipped_and_reported() -> None:

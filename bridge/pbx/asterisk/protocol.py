@@ -77,11 +77,16 @@ class AmiParser:
 
     `skip(frame)`, when given, sees each complete frame's raw bytes (without the terminator) before it is decoded;
     True drops it unparsed. Decoding is most of the cost, and a busy PBX sends many frames nobody reads.
+
+    `command_output`: frame Asterisk 13's `Response: Follows` blocks (raw CLI text up to `--END COMMAND--`, which may
+    contain blank lines). Off unless the caller sends `Command` actions: otherwise one such frame without its end
+    marker would hold back every later event until the frame limit.
     """
 
     def __init__(self, *, fallback_encoding: str = "cp1251", max_frame_bytes: int = DEFAULT_MAX_FRAME,
-                 skip: Callable[[bytes], bool] | None = None) -> None:
+                 skip: Callable[[bytes], bool] | None = None, command_output: bool = False) -> None:
         self._fallback = fallback_encoding
+        self._command_output = command_output
         self._max_frame = max_frame_bytes
         self._skip = skip
         self._buf = bytearray()
@@ -108,7 +113,8 @@ class AmiParser:
             if end < 0:
                 break
             frame_end = end + 4
-            if buf.startswith(b"Response: Follows", start) and buf.find(b"--END COMMAND--", start, frame_end) < 0:
+            if (self._command_output and buf.startswith(b"Response: Follows", start)
+                    and buf.find(b"--END COMMAND--", start, frame_end) < 0):
                 follows_end = buf.find(FOLLOWS_END, start)
                 if follows_end < 0:
                     scan = max(start, len(buf) - len(FOLLOWS_END))
