@@ -117,11 +117,15 @@ class Bridge:
         if self.outbox is not None:
             pipeline = self.pipeline
             failures = pipeline.store_failures if pipeline is not None else 0
+            waiting = pipeline.waiting_steps if pipeline is not None else 0
             detail = str(self.outbox.path)
             if pipeline is not None and failures:
                 detail = f"{detail}: {failures} outbox writes failed, last: {pipeline.last_store_error}"
-            parts["store"] = Health(ok=failures == 0, detail=detail,
-                                    extra={"dead_letters": self.outbox.dead_count(), "write_failures": failures})
+            elif waiting:
+                detail = f"{detail}: locked by another process, {waiting} call events waiting in memory"
+            parts["store"] = Health(ok=failures == 0 and not waiting, detail=detail,
+                                    extra={"dead_letters": self.outbox.dead_count(), "write_failures": failures,
+                                           "waiting_steps": waiting})
         if self.client is not None:
             parts["portal"] = self.client.health()
         if self.bus is not None:
@@ -277,6 +281,8 @@ class Bridge:
             log.warning("call_orphan_closed", call_id=current.call_id, call_key=current.call_key, ops=written)
 
     async def _drain(self) -> None:
+        if self.pipeline is not None:
+            await self.pipeline.flush(self.drain_seconds)
         dispatcher = self.dispatcher
         if dispatcher is not None and dispatcher.state is DispatcherState.RUNNING:
             done = await dispatcher.drain(self.drain_seconds)

@@ -3,6 +3,7 @@
     BridgeError
     ├── ConfigError                  bad settings; the message names the key and the fix (exit code 2)
     ├── StoreError                   the SQLite store cannot be opened or written
+    │   └── StoreBusy                another process holds the write lock: try again shortly
     ├── AmiError                     Asterisk Manager Interface
     │   ├── AmiConnectionError       socket closed / refused / dead link (retry after reconnect)
     │   ├── AmiLoginError            wrong credentials or rights (fix manager.conf)
@@ -34,6 +35,10 @@ class StoreError(BridgeError):
     def __init__(self, message: str, *, path: str | None = None) -> None:
         super().__init__(message)
         self.path = path
+
+
+class StoreBusy(StoreError):
+    """Another process holds the store's write lock (an operator's sqlite3 shell, a backup): retry shortly."""
 
 
 class AmiError(BridgeError):

@@ -29,7 +29,7 @@ from bridge.config import StorageSettings
 from bridge.errors import StoreError
 from bridge.sync.operations import CrmOp, OpenCallState, OpKind, PolicyStep
 from bridge.sync.ready import Accept, Follow, ReadyIndex, StoredOp
-from bridge.sync.store import guard, open_database, transaction
+from bridge.sync.store import RUNNING_BUSY_TIMEOUT_MS, guard, open_database, transaction
 
 __all__ = ["DeadLetter", "Outbox", "OutboxRow", "OutboxState", "StoredOp"]
 
@@ -71,13 +71,16 @@ class OutboxRow:
 
 class Outbox:
     def __init__(self, path: Path, *, keep_done_hours: float = 72.0, prune_interval: float = 600.0,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, busy_timeout_ms: int = RUNNING_BUSY_TIMEOUT_MS) -> None:
+        """`busy_timeout_ms`: how long a write waits for another process's lock before StoreBusy (the daemon keeps
+        it short because it runs on the event loop; command-line tools wait longer)."""
         if keep_done_hours <= 0 or prune_interval <= 0:
             raise ValueError("keep_done_hours and prune_interval must be positive")
         self._path = Path(path)
         self._keep_seconds = keep_done_hours * 3600.0
         self._prune_interval = prune_interval
         self._clock = clock
+        self._busy_timeout_ms = busy_timeout_ms
         self._db: sqlite3.Connection | None = None
         self._state = OutboxState.UNOPENED
         self._index = ReadyIndex()
@@ -105,7 +108,7 @@ class Outbox:
             raise RuntimeError("the outbox is already open")
         if self._state is OutboxState.CLOSED:
             raise RuntimeError("the outbox was closed; create a new Outbox to open it again")
-        self._db = open_database(self._path)
+        self._db = open_database(self._path, busy_timeout_ms=self._busy_timeout_ms)
         self._state = OutboxState.OPEN
         self._reload()
         log.info("outbox_opened", path=str(self._path), pending=len(self._index), dead=self.dead_count())

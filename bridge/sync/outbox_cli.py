@@ -18,6 +18,8 @@ __all__ = ["outbox_command"]
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+# A running daemon holds the write lock only for milliseconds at a time; wait for it rather than fail.
+CLI_BUSY_TIMEOUT_MS = 5000
 _SHOW_PENDING = 50
 _SHOW_DEAD = 200
 
@@ -35,7 +37,7 @@ def outbox_command(settings: Settings, action: str, ids: Sequence[int], *, out: 
     if not path.exists():
         print(f"no outbox at {path} yet (the bridge has not run with this storage.path)", file=out)
         return EXIT_OK if action == "list" else EXIT_FAILED
-    with Outbox(path) as outbox:
+    with Outbox(path, busy_timeout_ms=CLI_BUSY_TIMEOUT_MS) as outbox:
         if action == "list":
             _print_list(outbox, out)
             return EXIT_OK

@@ -13,9 +13,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from bridge.errors import StoreError
+from bridge.errors import StoreBusy, StoreError
 
-__all__ = ["SCHEMA_VERSION", "describe_error", "guard", "open_database", "transaction"]
+__all__ = ["RUNNING_BUSY_TIMEOUT_MS", "SCHEMA_VERSION", "describe_error", "guard", "open_database", "transaction"]
 
 SCHEMA_VERSION = 1
 
@@ -83,7 +83,8 @@ def describe_error(exc: BaseException, path: Path) -> StoreError:
         message = (f"{path} is read-only ({text}): give the bridge's user write access to {path} and {directory} "
                    "(and check the file system is not mounted read-only)")
     elif any(word in low for word in _BUSY):
-        message = f"{path} is locked by another process ({text}): is a second bridge using the same storage.path?"
+        return StoreBusy(f"{path} is locked by another process ({text}): is a second bridge or a sqlite3 shell "
+                         "using the same storage.path?", path=str(path))
     else:
         message = (f"cannot use {path} ({text}): check that {directory} exists and is writable by the bridge's "
                    "user, or set storage.path to a writable location")
@@ -114,7 +115,11 @@ def transaction(db: sqlite3.Connection, path: Path) -> Iterator[sqlite3.Connecti
             raise
 
 
-def open_database(path: Path) -> sqlite3.Connection:
+# The daemon's default: it runs on the event loop and retries later; a command-line tool can afford to wait.
+RUNNING_BUSY_TIMEOUT_MS = 50
+
+
+def open_database(path: Path, *, busy_timeout_ms: int = RUNNING_BUSY_TIMEOUT_MS) -> sqlite3.Connection:
     """Create the state directory and the schema if needed, check the file is sound, and return the connection."""
     _prepare_directory(path)
     db: sqlite3.Connection | None = None
@@ -123,7 +128,8 @@ def open_database(path: Path) -> sqlite3.Connection:
         db.execute("PRAGMA busy_timeout = 5000")
         check = db.execute("PRAGMA quick_check").fetchone()
         if check is None or check[0] != "ok":
-            raise sqlite3.DatabaseError(f"database disk image is malformed: quick_check says {check!r}")
+            first = str(check[0] if check else "no answer").splitlines()[0][:160]
+            raise sqlite3.DatabaseError(f"database disk image is malformed: quick_check says {first!r}")
         version = int(db.execute("PRAGMA user_version").fetchone()[0])
         if version > SCHEMA_VERSION:
             raise StoreError(f"{path} was written by a newer bridge (schema {version} > {SCHEMA_VERSION}): "
@@ -134,6 +140,9 @@ def open_database(path: Path) -> sqlite3.Connection:
         if version < SCHEMA_VERSION:  # a second process (the CLI) opening a current file writes nothing
             db.executescript(_SCHEMA)
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        # Running, the store is used from the event loop: never wait long for a lock someone else holds; the
+        # callers retry a StoreBusy later instead, so the AMI reader and the HTTP server keep going meanwhile.
+        db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
     except StoreError:
         if db is not None:
             db.close()
