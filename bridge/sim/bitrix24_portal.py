@@ -81,7 +81,8 @@ class SimCall:
     shows: list[list[int]] = field(default_factory=list)
     hides: list[list[int]] = field(default_factory=list)
     finish: dict[str, Any] | None = None
-    records: list[tuple[str, bytes]] = field(default_factory=list)
+    records: list[tuple[str, bytes]] = field(default_factory=list)  # the current record (at most one)
+    record_uploads: int = 0  # how many times a record was attached (each replaced the previous one)
 
     @property
     def live(self) -> bool:
@@ -344,7 +345,9 @@ class Portal:
         return self.store_record(call, name, data)
 
     def store_record(self, call: SimCall, filename: str, data: bytes) -> dict[str, Any]:
-        call.records.append((filename, data))
+        """As the portal does: attaching again replaces the call's record (the old file is deleted)."""
+        call.records[:] = [(filename, data)]
+        call.record_uploads += 1
         return {"FILE_ID": next(self._ids)}
 
     def take_upload(self, token: str) -> SimCall | None:

@@ -135,7 +135,8 @@ async def test_attach_record_modes_and_errors(sim: Bitrix24Simulator, http: aioh
     form.add_field(field, b"RIFF0000WAVE", filename="up.wav", content_type="audio/wav")
     async with http.post(upload_url, data=form) as resp:
         assert resp.status == 200
-    assert sim.calls[call_id].records[-1] == ("up.wav", b"RIFF0000WAVE")
+    assert sim.calls[call_id].records == [("up.wav", b"RIFF0000WAVE")]  # attaching again replaced the mp3
+    assert sim.calls[call_id].record_uploads == 2
     form = aiohttp.FormData()
     form.add_field(field, b"x", filename="up.wav")
     async with http.post(upload_url, data=form) as resp:
