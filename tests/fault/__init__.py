@@ -1,0 +1,1 @@
+"""Reliability and security suite: faults survived, hostile input refused, nothing lost."""
