@@ -186,8 +186,7 @@ class Bridge:
 
             uploader = RecordingUploader(client, s.recordings, public_base_url=_public_base(s))
             attach = RecordingAttach(uploader) if s.recordings.enabled else None
-            self.dispatcher = Dispatcher(outbox, client, directory, batching=s.bitrix24.batching,
-                                         attach_handler=attach)
+            self.dispatcher = Dispatcher.from_config(outbox, client, directory, s.bitrix24, attach_handler=attach)
             self.card_timer = CardTimer(self.metrics.ring_to_card)
             self.dispatcher.on_done = self.card_timer.accepted
             self._vital.append(_background(stack, self._dispatch(self.dispatcher, directory), "dispatcher.run"))
