@@ -28,8 +28,6 @@ from bridge.pbx.base import Health
 
 log = structlog.get_logger(__name__)
 
-# A restart is assumed when Asterisk's uptime is shorter than the outage plus this margin.
-_RESTART_MARGIN_SECONDS = 5.0
 
 
 class AsteriskAdapter:
@@ -116,7 +114,8 @@ class AsteriskAdapter:
         booted = marker.fully_booted
         uptime = _int(booted.get("Uptime")) if booted is not None else None
         outage = now - self._disconnected_at if self._disconnected_at is not None else None
-        if uptime is not None and outage is not None and uptime < outage + _RESTART_MARGIN_SECONDS:
+        # Asterisk that was up before the link dropped has been up longer than the outage; less means it restarted.
+        if uptime is not None and outage is not None and uptime < outage:
             closed = self._tracker.restart(now)
             log.warning("asterisk_restarted", uptime=uptime, outage_seconds=round(outage, 1),
                         calls_closed=sum(1 for e in closed if e.kind == "ended"))
