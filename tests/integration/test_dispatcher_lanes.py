@@ -6,8 +6,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections import Counter
-from collections.abc import AsyncIterator, Mapping
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
@@ -19,20 +18,25 @@ from bridge.sync.policy import CallPolicy, PolicySettings
 from bridge.sync.ports import AttachNotReady
 from tests.integration.fake_b24_portal import FakeDirectory, FakePortal
 from tests.integration.test_dispatcher import (
-    AGENTS,
     FINISH,
     HIDE,
     REGISTER,
     SHOW,
     Clock,
     at,
+    clock,
+    directory,
     dispatcher,
     ended,
     executed_for,
     feed,
     inbound_answered,
+    outbox,
+    portal,
     until,
 )
+
+__all__ = ["clock", "directory", "outbox", "portal"]  # the shared fixtures, imported for pytest
 
 SLEEPY = 60.0  # an idle poll no test may wait for: whatever wakes a lane must be an event
 
@@ -51,27 +55,6 @@ class AnsweringLater:
     async def batch(self, commands: Mapping[str, tuple[str, Mapping[str, Any]]], *, halt: bool = False) -> Any:
         await asyncio.sleep(0.005)
         return await self._portal.batch(commands, halt=halt)
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def portal(clock: Clock) -> FakePortal:
-    return FakePortal(clock=clock)
-
-
-@pytest.fixture
-def directory() -> FakeDirectory:
-    return FakeDirectory(AGENTS, default=9)
-
-
-@pytest.fixture
-async def outbox(tmp_path: Path) -> AsyncIterator[Outbox]:
-    async with Outbox(tmp_path / "state" / "bridge.sqlite3") as box:
-        yield box
 
 
 # --- cards first -------------------------------------------------------------------------------------------------
